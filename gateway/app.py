@@ -1,0 +1,59 @@
+"""The app factory: routes, startup and graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from gateway import admin
+from gateway.audit.writer import AuditWriter
+from gateway.config import GatewayConfig
+from gateway.proxy import handle
+from gateway.runtime import GATEWAY, Gateway
+from gateway.stages.pipeline import Pipeline
+from gateway.stages.scan.stage import ScanOptions, ScanStage
+
+log = logging.getLogger("gateway")
+
+
+def build_stages(config: GatewayConfig) -> Pipeline:
+    """The configured pre-flight stages, in order."""
+    stages = []
+    if config.scanner.enabled:
+        stages.append(
+            ScanStage(
+                ScanOptions(disabled_rules=frozenset(config.scanner.disabled_rules),
+                            max_text_chars=config.scanner.max_text_chars)
+            )
+        )
+    return Pipeline(stages)
+
+
+def build_app(config: GatewayConfig, writer: AuditWriter | None = None) -> web.Application:
+    """A complete gateway app; tests build their own with their own config and writer."""
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    gateway = Gateway(config, build_stages(config), writer or AuditWriter(config.audit))
+    app[GATEWAY] = gateway
+    app.router.add_get("/healthz", admin.healthz)
+    app.router.add_get("/readyz", admin.readyz)
+    admin.add_internal_routes(app)
+    for prefix in ("/llm-gateway/{provider}", "/{provider}"):
+        app.router.add_route("*", prefix + "/{path:.*}", handle)
+    app.on_startup.append(_startup)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def _startup(app: web.Application) -> None:
+    gateway = app[GATEWAY]
+    await gateway.writer.start()
+    await gateway.open_sessions()
+    log.info("providers: %s", ", ".join(f"/{n}/ -> {r.config.base_url}" for n, r in gateway.routes.items()))
+
+
+async def _cleanup(app: web.Application) -> None:
+    # Runs after aiohttp has drained in-flight requests (shutdown grace), so every record is queued.
+    gateway = app[GATEWAY]
+    await gateway.close_sessions()
+    await gateway.writer.close()

@@ -1,0 +1,188 @@
+"""`llm-gateway`: serve, and read the audit log (through the running gateway when it owns the store)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description="Transparent, audited LLM gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", "-c", help="YAML config file (default: embedded defaults)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8787)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    audit = sub.add_parser("audit", help="read the audit log").add_subparsers(dest="audit_command", required=True)
+    tail = audit.add_parser("tail", help="the most recent exchanges")
+    tail.add_argument("-n", "--limit", type=int, default=20)
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--config", "-c")
+    show = audit.add_parser("show", help="one exchange in full")
+    show.add_argument("request_id")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--config", "-c")
+
+    args = parser.parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {}
+        if args.command == "serve":
+            overrides = {f"server.{k}": v for k in ("host", "port") if (v := getattr(args, k)) is not None}
+            if args.log_level:
+                overrides["log_level"] = args.log_level
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"llm-gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve_forever(config)
+    if args.audit_command == "tail":
+        return print_rows(audit_request(config, f"tail?limit={args.limit}"), args.json)
+    row = audit_request(config, f"show/{args.request_id}")
+    if not row:
+        print(f"no exchange with request id {args.request_id}", file=sys.stderr)
+        return 1
+    return print_rows(row, args.json, detail=True)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+
+
+def serve_forever(config: GatewayConfig) -> int:
+    configure_logging(config.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        pass
+    asyncio.run(_serve(config))
+    return 0
+
+
+async def _serve(config: GatewayConfig) -> None:
+    from gateway.admin import INTERNAL_TOKEN, RUNTIME_FILE, write_runtime_file
+    from gateway.app import build_app
+
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=config.server.handler_cancellation,
+        access_log=None,  # the gateway logs each exchange itself, without query strings
+        shutdown_timeout=config.server.shutdown_grace_s,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, shutdown_timeout=config.server.shutdown_grace_s)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    state_dir = Path(config.server.state_dir)
+    write_runtime_file(state_dir, f"http://{_url_host(config.server.host)}:{config.server.port}", app[INTERNAL_TOKEN])
+    log.info("llm-gateway listening on http://%s:%d (audit: %s)", config.server.host, config.server.port,
+             config.audit.redacted_dsn())
+    try:
+        await stop.wait()
+        log.info("shutting down: draining in-flight requests (up to %gs), then flushing the audit log",
+                 config.server.shutdown_grace_s)
+    finally:
+        await runner.cleanup()
+        (state_dir / RUNTIME_FILE).unlink(missing_ok=True)
+        log.info("stopped")
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def audit_request(config: GatewayConfig, what: str) -> Any:
+    """Ask the running gateway (chDB allows one process per directory), else open the store directly."""
+    from gateway.admin import read_runtime_file
+
+    runtime = read_runtime_file(Path(config.server.state_dir))
+    if runtime is not None and _alive(int(runtime.get("pid", 0))):
+        req = urllib.request.Request(
+            f"{runtime['url']}/_gateway/audit/{what}", headers={"Authorization": f"Bearer {runtime['token']}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        except urllib.error.URLError:
+            pass  # not answering: fall back to the store itself
+    from gateway.audit import queries
+
+    return queries.direct(config.audit, what)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+TAIL_COLUMNS = ("ts", "request_id", "provider", "operation", "requested_model", "status", "outcome",
+                "duration_ms", "input_tokens", "output_tokens")
+
+
+def print_rows(rows: Any, as_json: bool, detail: bool = False) -> int:
+    if as_json:
+        for row in rows if isinstance(rows, list) else [rows]:
+            print(json.dumps(row, default=str))
+        return 0
+    if detail:
+        width = max(len(k) for k in rows)
+        for key, value in rows.items():
+            print(f"{key:<{width}}  {value}")
+        return 0
+    table = [[_cell(row.get(c)) for c in TAIL_COLUMNS] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(TAIL_COLUMNS)]
+    print("  ".join(c.ljust(w) for c, w in zip(TAIL_COLUMNS, widths, strict=True)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)[:40]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Anthropic Messages API wire format."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from gateway.audit.record import Usage
+from gateway.errors import ErrorCode, GatewayError
+from gateway.providers.base import (
+    OPAQUE,
+    Endpoint,
+    RequestView,
+    ResponseParser,
+    ResponseSummary,
+    StreamFilter,
+    load_json_object,
+)
+from gateway.providers.parsing import (
+    JsonResponseParser,
+    PreviewText,
+    StreamResponseParser,
+    as_int,
+    json_text,
+    loads,
+    text_of,
+)
+from gateway.sse import SSEEvent
+
+ENDPOINTS: dict[tuple[str, str], Endpoint] = {
+    ("POST", "/v1/messages"): Endpoint("messages", "chat"),
+    ("POST", "/v1/messages/count_tokens"): Endpoint("messages.count_tokens", ""),
+    ("POST", "/v1/complete"): Endpoint("complete", "text_completion"),
+    ("GET", "/v1/models"): Endpoint("models.list", "", json_body=False),
+}
+
+# error.type per gateway error code, as the Anthropic API spells them.
+ERROR_TYPES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_REQUEST: "invalid_request_error",
+    ErrorCode.AUTHENTICATION: "authentication_error",
+    ErrorCode.PERMISSION_DENIED: "permission_error",
+    ErrorCode.NOT_FOUND: "not_found_error",
+    ErrorCode.REQUEST_TOO_LARGE: "request_too_large",
+    ErrorCode.RATE_LIMITED: "rate_limit_error",
+    ErrorCode.INTERNAL: "api_error",
+    ErrorCode.UPSTREAM_UNREACHABLE: "api_error",
+    ErrorCode.UNAVAILABLE: "overloaded_error",
+    ErrorCode.UPSTREAM_TIMEOUT: "timeout_error",
+}
+
+
+class AnthropicAdapter:
+    kind = "anthropic"
+    gen_ai_provider = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+
+    def classify(self, method: str, path: str) -> Endpoint:
+        return ENDPOINTS.get((method, path), OPAQUE)
+
+    def parse_request(self, method: str, path: str, query: str, body: bytes) -> RequestView:
+        endpoint = self.classify(method, path)
+        view = RequestView(self, method, path, query, body, endpoint)
+        if endpoint.json_body:
+            data = load_json_object(body)
+            view.json = data
+            model = data.get("model")
+            view.model = model if isinstance(model, str) else ""
+            view.stream = data.get("stream") is True
+            view.params = {
+                "max_tokens": data.get("max_tokens") or data.get("max_tokens_to_sample"),
+                "temperature": data.get("temperature"),
+                "top_p": data.get("top_p"),
+            }
+        return view
+
+    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        for text in text_of(body.get("system")):
+            yield "system", text
+        for msg in body.get("messages") or ():
+            if not isinstance(msg, dict):
+                continue
+            role = "assistant" if msg.get("role") == "assistant" else "user"
+            content = msg.get("content")
+            if isinstance(content, str):
+                yield role, content
+                continue
+            for block in content if isinstance(content, list) else ():
+                if not isinstance(block, dict):
+                    continue
+                kind = block.get("type")
+                if kind == "text":
+                    yield role, str(block.get("text") or "")
+                elif kind == "tool_result":
+                    for text in text_of(block.get("content")):
+                        yield "tool_result", text
+                elif kind == "tool_use":
+                    yield "tool_call", json_text(block.get("input"))
+        if isinstance(body.get("prompt"), str):
+            yield "user", body["prompt"]
+        for tool in body.get("tools") or ():
+            if isinstance(tool, dict) and isinstance(tool.get("description"), str):
+                yield "tool_definition", tool["description"]
+
+    def prepare_upstream(self, view: RequestView) -> tuple[bytes, StreamFilter | None]:
+        return view.body, None
+
+    def response_parser(
+        self, view: RequestView, streaming: bool, preview_chars: int, parse_limit: int
+    ) -> ResponseParser:
+        acc = AnthropicAccumulator(preview_chars)
+        return StreamResponseParser(acc) if streaming else JsonResponseParser(acc, parse_limit)
+
+    def render_error(self, err: GatewayError) -> bytes:
+        return orjson.dumps({"type": "error", "error": {"type": ERROR_TYPES[err.code], "message": err.message}})
+
+    def stream_error_event(self, err: GatewayError) -> bytes:
+        return b"event: error\ndata: " + self.render_error(err) + b"\n\n"
+
+
+class AnthropicAccumulator:
+    """Messages, streamed (message_start … message_delta) or not."""
+
+    def __init__(self, preview_chars: int) -> None:
+        self.s = ResponseSummary()
+        self.preview = PreviewText(preview_chars)
+        self.usage: dict[str, Any] = {}
+
+    def on_event(self, event: SSEEvent) -> None:
+        data = loads(event.data)
+        if data is None:
+            return
+        kind = data.get("type")
+        if kind == "content_block_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict):
+                self.preview.add(delta.get("text"))
+        elif kind == "message_start" and isinstance(data.get("message"), dict):
+            message = data["message"]
+            self.s.response_id = str(message.get("id") or "")
+            self.s.model = str(message.get("model") or "")
+            self._merge_usage(message.get("usage"))
+        elif kind == "message_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason"):
+                self.s.finish_reason = str(delta["stop_reason"])
+            self._merge_usage(data.get("usage"))
+        elif kind == "error":
+            self._error(data)
+
+    def _merge_usage(self, usage: Any) -> None:
+        # message_delta carries cumulative counts; a later value replaces an earlier one.
+        if isinstance(usage, dict):
+            self.usage.update({k: v for k, v in usage.items() if v is not None})
+
+    def _error(self, body: dict[str, Any]) -> None:
+        err = body.get("error")
+        if isinstance(err, dict):
+            self.s.error_type = str(err.get("type") or "error")
+            self.s.error_message = str(err.get("message") or "")[:500]
+
+    def on_body(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            return
+        if body.get("type") == "error":
+            self._error(body)
+            return
+        self.s.response_id = str(body.get("id") or "")
+        self.s.model = str(body.get("model") or "")
+        self.s.finish_reason = str(body.get("stop_reason") or "")
+        for block in body.get("content") or ():
+            if isinstance(block, dict) and block.get("type") == "text":
+                self.preview.add(block.get("text"))
+        self._merge_usage(body.get("usage"))
+
+    def summary(self) -> ResponseSummary:
+        u = self.usage
+        if u:
+            # Anthropic's input_tokens excludes cache reads and writes; the audit's input is the total.
+            base = as_int(u.get("input_tokens"))
+            read = as_int(u.get("cache_read_input_tokens"))
+            write = as_int(u.get("cache_creation_input_tokens"))
+            total = None if base is None else base + (read or 0) + (write or 0)
+            self.s.usage = Usage(
+                input_tokens=total,
+                output_tokens=as_int(u.get("output_tokens")),
+                cache_read_tokens=read,
+                cache_write_tokens=write,
+            )
+        self.s.preview = self.preview.text()
+        return self.s

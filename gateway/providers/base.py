@@ -1,0 +1,114 @@
+"""The provider-adapter protocol: the only place that knows a provider's wire format."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.audit.record import Usage
+from gateway.errors import ErrorCode, GatewayError
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A well-known endpoint of a provider kind."""
+
+    operation: str  # gateway name, e.g. "chat.completions", "messages"
+    gen_ai_operation: str  # GenAI semconv gen_ai.operation.name, e.g. "chat"
+    json_body: bool = True  # request body must be a JSON object
+
+
+OPAQUE = Endpoint(operation="passthrough", gen_ai_operation="", json_body=False)
+
+
+@dataclass(slots=True)
+class RequestView:
+    """A parsed, read-only view of one incoming request."""
+
+    adapter: ProviderAdapter
+    method: str
+    path: str  # upstream path, e.g. "/v1/chat/completions"
+    query: str  # raw query string, without "?"
+    body: bytes
+    endpoint: Endpoint
+    json: dict[str, Any] | None = None
+    model: str = ""
+    stream: bool = False
+    params: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature, top_p
+
+    @property
+    def known(self) -> bool:
+        return self.endpoint is not OPAQUE
+
+    def scan_targets(self) -> Iterator[tuple[str, str]]:
+        """(location, text) pairs a scanner should look at: system, user, tool_result, …"""
+        if self.json is None:
+            return iter(())
+        return self.adapter.scan_targets(self.json)
+
+
+@dataclass(slots=True)
+class ResponseSummary:
+    """What observers extracted from a response, bounded in size."""
+
+    response_id: str = ""
+    model: str = ""
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = ""
+    preview: str = ""
+    error_type: str = ""
+    error_message: str = ""
+
+
+class ResponseParser(Protocol):
+    """Fed decoded response bytes as they arrive; asked for a summary at the end."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def summary(self) -> ResponseSummary: ...
+
+
+class StreamFilter(Protocol):
+    """Rewrites a relayed stream event by event (e.g. strips a usage chunk)."""
+
+    def filter(self, chunk: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class ProviderAdapter(Protocol):
+    """Everything kind-specific. Implementations live in one module per kind."""
+
+    kind: str
+    gen_ai_provider: str  # gen_ai.provider.name
+    default_base_url: str
+
+    def classify(self, method: str, path: str) -> Endpoint: ...
+
+    def parse_request(self, method: str, path: str, query: str, body: bytes) -> RequestView: ...
+
+    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]: ...
+
+    def prepare_upstream(self, view: RequestView) -> tuple[bytes, StreamFilter | None]: ...
+
+    def response_parser(
+        self, view: RequestView, streaming: bool, preview_chars: int, parse_limit: int
+    ) -> ResponseParser: ...
+
+    def render_error(self, err: GatewayError) -> bytes: ...
+
+    def stream_error_event(self, err: GatewayError) -> bytes: ...
+
+
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object, or raise a 400 GatewayError."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "request body must be a JSON object")
+    return parsed

@@ -1,0 +1,194 @@
+"""Google Gemini (Generative Language API) wire format."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from gateway.audit.record import Usage
+from gateway.errors import ErrorCode, GatewayError
+from gateway.providers.base import (
+    OPAQUE,
+    Endpoint,
+    RequestView,
+    ResponseParser,
+    ResponseSummary,
+    StreamFilter,
+    load_json_object,
+)
+from gateway.providers.parsing import (
+    JsonResponseParser,
+    PreviewText,
+    StreamResponseParser,
+    as_int,
+    dig,
+    json_text,
+    loads,
+    text_of,
+)
+from gateway.sse import SSEEvent
+
+# POST /v1beta/models/{model}:{method} (also v1, v1alpha, tunedModels/…)
+_MODEL_METHOD = re.compile(r"^/v1(?:alpha|beta)?\d*/((?:models|tunedModels)/[^/:]+):([A-Za-z]+)$")
+_LIST_MODELS = re.compile(r"^/v1(?:alpha|beta)?\d*/models$")
+METHODS: dict[str, Endpoint] = {
+    "generateContent": Endpoint("generate_content", "generate_content"),
+    "streamGenerateContent": Endpoint("stream_generate_content", "generate_content"),
+    "countTokens": Endpoint("count_tokens", ""),
+    "embedContent": Endpoint("embed_content", "embeddings"),
+    "batchEmbedContents": Endpoint("batch_embed_contents", "embeddings"),
+}
+MODELS_LIST = Endpoint("models.list", "", json_body=False)
+
+# (HTTP status, google.rpc status) per gateway error code.
+ERROR_STATUSES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_REQUEST: "INVALID_ARGUMENT",
+    ErrorCode.AUTHENTICATION: "UNAUTHENTICATED",
+    ErrorCode.PERMISSION_DENIED: "PERMISSION_DENIED",
+    ErrorCode.NOT_FOUND: "NOT_FOUND",
+    ErrorCode.REQUEST_TOO_LARGE: "INVALID_ARGUMENT",
+    ErrorCode.RATE_LIMITED: "RESOURCE_EXHAUSTED",
+    ErrorCode.INTERNAL: "INTERNAL",
+    ErrorCode.UPSTREAM_UNREACHABLE: "UNAVAILABLE",
+    ErrorCode.UNAVAILABLE: "UNAVAILABLE",
+    ErrorCode.UPSTREAM_TIMEOUT: "DEADLINE_EXCEEDED",
+}
+_ROLES = {"user": "user", "model": "assistant", "function": "tool_result", "tool": "tool_result"}
+
+
+class GeminiAdapter:
+    kind = "gemini"
+    gen_ai_provider = "gcp.gemini"
+    default_base_url = "https://generativelanguage.googleapis.com"
+
+    def classify(self, method: str, path: str) -> Endpoint:
+        if method == "POST":
+            m = _MODEL_METHOD.match(path)
+            if m is not None:
+                return METHODS.get(m.group(2), OPAQUE)
+        elif method == "GET" and _LIST_MODELS.match(path):
+            return MODELS_LIST
+        return OPAQUE
+
+    def parse_request(self, method: str, path: str, query: str, body: bytes) -> RequestView:
+        endpoint = self.classify(method, path)
+        view = RequestView(self, method, path, query, body, endpoint)
+        m = _MODEL_METHOD.match(path)
+        if m is not None:
+            view.model = m.group(1).split("/", 1)[1]
+        view.stream = endpoint.operation == "stream_generate_content"
+        if endpoint.json_body:
+            data = load_json_object(body)
+            view.json = data
+            config = data.get("generationConfig") if isinstance(data.get("generationConfig"), dict) else {}
+            view.params = {
+                "max_tokens": config.get("maxOutputTokens"),
+                "temperature": config.get("temperature"),
+                "top_p": config.get("topP"),
+            }
+        return view
+
+    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        system = body.get("systemInstruction") or body.get("system_instruction")
+        if isinstance(system, dict):
+            for text in text_of(system.get("parts")):
+                yield "system", text
+        contents = body.get("contents")
+        if isinstance(body.get("content"), dict):  # embedContent
+            contents = [body["content"]]
+        for content in contents if isinstance(contents, list) else ():
+            if not isinstance(content, dict):
+                continue
+            location = _ROLES.get(str(content.get("role") or "user"), "user")
+            for part in content.get("parts") or ():
+                if not isinstance(part, dict):
+                    continue
+                if isinstance(part.get("text"), str):
+                    yield location, part["text"]
+                response = part.get("functionResponse") or part.get("function_response")
+                if isinstance(response, dict):
+                    yield "tool_result", json_text(response.get("response"))
+                call = part.get("functionCall") or part.get("function_call")
+                if isinstance(call, dict):
+                    yield "tool_call", json_text(call.get("args"))
+        for tool in body.get("tools") or ():
+            for decl in dig(tool, "functionDeclarations") or dig(tool, "function_declarations") or ():
+                if isinstance(decl, dict) and isinstance(decl.get("description"), str):
+                    yield "tool_definition", decl["description"]
+
+    def prepare_upstream(self, view: RequestView) -> tuple[bytes, StreamFilter | None]:
+        return view.body, None
+
+    def response_parser(
+        self, view: RequestView, streaming: bool, preview_chars: int, parse_limit: int
+    ) -> ResponseParser:
+        acc = GeminiAccumulator(preview_chars)
+        return StreamResponseParser(acc) if streaming else JsonResponseParser(acc, parse_limit)
+
+    def render_error(self, err: GatewayError) -> bytes:
+        return orjson.dumps(
+            {"error": {"code": err.status, "message": err.message, "status": ERROR_STATUSES[err.code]}}
+        )
+
+    def stream_error_event(self, err: GatewayError) -> bytes:
+        return b"data: " + self.render_error(err) + b"\r\n\r\n"
+
+
+class GeminiAccumulator:
+    """GenerateContentResponse objects, one per SSE event or as a whole (or a JSON array of them)."""
+
+    def __init__(self, preview_chars: int) -> None:
+        self.s = ResponseSummary()
+        self.preview = PreviewText(preview_chars)
+
+    def on_event(self, event: SSEEvent) -> None:
+        data = loads(event.data)
+        if data is not None:
+            self._response(data)
+
+    def on_body(self, body: Any) -> None:
+        for item in body if isinstance(body, list) else [body]:
+            if isinstance(item, dict):
+                self._response(item)
+
+    def _response(self, data: dict[str, Any]) -> None:
+        s = self.s
+        if isinstance(data.get("error"), dict):
+            s.error_type = str(data["error"].get("status") or "error")
+            s.error_message = str(data["error"].get("message") or "")[:500]
+            return
+        s.response_id = s.response_id or str(data.get("responseId") or "")
+        s.model = str(data.get("modelVersion") or s.model)
+        for candidate in data.get("candidates") or ():
+            if not isinstance(candidate, dict):
+                continue
+            for part in dig(candidate, "content", "parts") or ():
+                if isinstance(part, dict) and not part.get("thought"):
+                    self.preview.add(part.get("text"))
+            if candidate.get("finishReason"):
+                s.finish_reason = str(candidate["finishReason"])
+        usage = data.get("usageMetadata")
+        if isinstance(usage, dict):
+            s.usage = _usage(usage)
+
+    def summary(self) -> ResponseSummary:
+        self.s.preview = self.preview.text()
+        return self.s
+
+
+def _usage(u: dict[str, Any]) -> Usage:
+    """Gemini reports thinking tokens apart from candidates; the audit's output includes them."""
+    prompt = as_int(u.get("promptTokenCount"))
+    tool_prompt = as_int(u.get("toolUsePromptTokenCount"))
+    candidates = as_int(u.get("candidatesTokenCount"))
+    thoughts = as_int(u.get("thoughtsTokenCount"))
+    output = None if candidates is None and thoughts is None else (candidates or 0) + (thoughts or 0)
+    return Usage(
+        input_tokens=None if prompt is None else prompt + (tool_prompt or 0),
+        output_tokens=output,
+        cache_read_tokens=as_int(u.get("cachedContentTokenCount")),
+        reasoning_tokens=thoughts,
+    )

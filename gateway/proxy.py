@@ -1,0 +1,241 @@
+"""The hot path: route, read, pre-flight, forward, relay and observe, finish (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.audit.record import Outcome
+from gateway.errors import ErrorCode, GatewayError
+from gateway.exchange import Exchange
+from gateway.observe import ResponseObserver, accept_encoding
+from gateway.providers.base import ProviderAdapter, RequestView, StreamFilter
+from gateway.runtime import GATEWAY, Gateway, Route
+from gateway.stages.base import StageContext
+
+log = logging.getLogger("gateway.proxy")
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus what aiohttp recomputes for each leg.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Proxy-Connection", "Host", "Content-Length",
+    )
+)
+REQUEST_ID_HEADER = "x-gateway-request-id"
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Serve one request under /{provider}/… — every outcome leaves exactly one audit record."""
+    gw = request.app[GATEWAY]
+    ex = gw.begin_exchange(request)
+    route: Route | None = None
+    try:
+        route = gw.route(request.match_info["provider"])
+        ex.provider, ex.provider_kind = route.config.name, route.config.kind
+        body = await read_body(request, gw.config.server.max_body_bytes)
+        ex.request_bytes, ex.request_sha256 = len(body), hashlib.sha256(body).hexdigest()
+        ex.request_preview = body[: gw.config.capture.request_preview_chars].decode("utf-8", "replace")
+        view = route.adapter.parse_request(request.method, "/" + request.match_info["path"], request.query_string, body)
+        ex.view = view
+        result = await gw.pipeline.pre_flight(StageContext(view=view, client_address=ex.client_address))
+        ex.findings.extend(result.findings)
+        if result.body is not None:
+            view.body = result.body
+        return await forward_and_relay(gw, route, request, view, ex)
+    except GatewayError as err:
+        ex.findings.extend(f for f in err.findings if f not in ex.findings)
+        ex.fail(err)
+        return error_response(route.adapter if route else gw.default_adapter, err, ex)
+    except asyncio.CancelledError:
+        ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
+        raise
+    except Exception as exc:
+        log.exception("unexpected error serving %s", ex.request_id)
+        err = GatewayError(ErrorCode.INTERNAL, f"internal gateway error ({type(exc).__name__})")
+        ex.fail(err, error_type=type(exc).__name__)
+        return error_response(route.adapter if route else gw.default_adapter, err, ex)
+    finally:
+        gw.finish_exchange(ex)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body as received, or a 413 once it passes `limit` (without reading it all)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise GatewayError(ErrorCode.REQUEST_TOO_LARGE, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(ErrorCode.REQUEST_TOO_LARGE, f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def upstream_headers(incoming: CIMultiDict[str] | Iterable[tuple[str, str]], transformed: bool) -> CIMultiDict[str]:
+    """Client headers minus hop-by-hop ones; Accept-Encoding narrowed to what we can decode."""
+    headers = CIMultiDict(incoming)
+    connection_tokens = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in connection_tokens or lname == "accept-encoding":
+            continue
+        out.add(name, value)
+    # A stream we rewrite must arrive uncompressed; otherwise pass on the client's choice if we can decode it.
+    out["Accept-Encoding"] = accept_encoding(headers.get("Accept-Encoding"), allow=not transformed)
+    return out
+
+
+def response_headers(upstream: aiohttp.ClientResponse, request_id: str, transformed: bool) -> CIMultiDict[str]:
+    connection_tokens = {t.strip().lower() for v in upstream.headers.getall("Connection", []) for t in v.split(",")}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        lname = name.lower()
+        if lname in connection_tokens or (lname in HOP_BY_HOP and not (lname == "content-length" and not transformed)):
+            continue
+        out.add(name, value)
+    out[REQUEST_ID_HEADER] = request_id
+    return out
+
+
+async def forward_and_relay(
+    gw: Gateway, route: Route, request: web.Request, view: RequestView, ex: Exchange
+) -> web.StreamResponse:
+    """Send the request upstream and relay the response chunk by chunk as it arrives."""
+    body, stream_filter = route.adapter.prepare_upstream(view)
+    timeouts = route.timeouts
+    url = route.config.base_url + view.path + (f"?{view.query}" if view.query else "")
+    ex.upstream_started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeouts.first_byte_s):
+            upstream = await route.session.request(
+                view.method, url, data=body, headers=upstream_headers(request.headers, stream_filter is not None),
+                allow_redirects=False,
+            )
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, f"connecting to the {route.config.name} upstream timed out") from exc
+    except TimeoutError as exc:
+        raise GatewayError(
+            ErrorCode.UPSTREAM_TIMEOUT, f"the {route.config.name} upstream sent no response within {timeouts.first_byte_s:g}s"
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise GatewayError(
+            ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream is unreachable ({type(exc).__name__})"
+        ) from exc
+    try:
+        return await relay(gw, route, request, view, ex, upstream, stream_filter)
+    finally:
+        upstream.close()  # a no-op after a full read; aborts the upstream call otherwise
+
+
+async def relay(
+    gw: Gateway,
+    route: Route,
+    request: web.Request,
+    view: RequestView,
+    ex: Exchange,
+    upstream: aiohttp.ClientResponse,
+    stream_filter: StreamFilter | None,
+) -> web.StreamResponse:
+    """Decided at response-headers time: stream or not. Bytes go out as they arrive."""
+    ex.first_byte = time.perf_counter()
+    ex.status = upstream.status
+    streaming = ex.streamed = upstream.content_type == "text/event-stream"
+    if not streaming:
+        stream_filter = None  # e.g. an upstream error body for a stream request: relay as-is
+    capture = gw.config.capture
+    observer = ResponseObserver(
+        route.adapter.response_parser(view, streaming, capture.response_preview_chars, capture.parse_limit_bytes),
+        upstream.headers.get("Content-Encoding", ""),
+    )
+    response = web.StreamResponse(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers=response_headers(upstream, ex.request_id, transformed=stream_filter is not None),
+    )
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    idle = route.timeouts.idle_s
+    try:
+        async with asyncio.timeout_at(loop.time() + idle) as idle_timer:
+            async for chunk in upstream.content.iter_any():
+                observer.feed(chunk)
+                out = stream_filter.filter(chunk) if stream_filter is not None else chunk
+                if out:
+                    idle_timer.reschedule(None)  # a slow client is not an idle upstream
+                    ex.relayed.update(out)
+                    await response.write(out)
+                idle_timer.reschedule(loop.time() + idle)
+        if stream_filter is not None and (rest := stream_filter.flush()):
+            ex.relayed.update(rest)
+            await response.write(rest)
+        ex.outcome = Outcome.OK if upstream.status < 400 else Outcome.UPSTREAM_ERROR
+    except TimeoutError:
+        err = GatewayError(
+            ErrorCode.UPSTREAM_TIMEOUT, f"the {route.config.name} upstream sent nothing for {idle:g}s mid-response"
+        )
+        await end_with_error(route.adapter, request, response, ex, streaming, err, "idle_timeout")
+    except (aiohttp.ClientError, ConnectionResetError):
+        if client_gone(request):
+            ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
+            return response
+        err = GatewayError(ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream broke off the response")
+        await end_with_error(route.adapter, request, response, ex, streaming, err, "upstream_disconnected")
+    finally:
+        ex.summary = observer.summary()
+    if ex.outcome is Outcome.UPSTREAM_ERROR:
+        ex.error_type = ex.summary.error_type or f"http_{upstream.status}"
+    if not client_gone(request):
+        await response.write_eof()
+    return response
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def end_with_error(
+    adapter: ProviderAdapter,
+    request: web.Request,
+    response: web.StreamResponse,
+    ex: Exchange,
+    streaming: bool,
+    err: GatewayError,
+    error_type: str,
+) -> None:
+    """Headers are sent already: a stream ends with the provider's own error event, a body is cut."""
+    ex.fail(err, error_type=error_type)
+    ex.status = response.status  # what the client saw
+    if not streaming:
+        response.force_close()  # a short body with a Content-Length must not look complete
+        return
+    event = adapter.stream_error_event(err)
+    try:
+        await response.write(event)
+        ex.relayed.update(event)
+    except ConnectionResetError:
+        if client_gone(request):
+            ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
+
+
+def error_response(adapter: ProviderAdapter, err: GatewayError, ex: Exchange) -> web.Response:
+    """A provider-shaped error the SDKs turn into their usual exception classes."""
+    body = adapter.render_error(err)
+    ex.relayed.update(body)
+    response = web.Response(status=err.status, body=body, content_type="application/json")
+    response.headers[REQUEST_ID_HEADER] = ex.request_id
+    if err.code is ErrorCode.REQUEST_TOO_LARGE:
+        response.force_close()  # the unread rest of the body must not be taken as the next request
+    return response

@@ -1,0 +1,97 @@
+"""The app-wide objects, built once per app by the factory and reached through `request.app[GATEWAY]`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from gateway.audit.writer import AuditWriter
+from gateway.config import GatewayConfig, ProviderConfig, Timeouts
+from gateway.errors import ErrorCode, GatewayError
+from gateway.exchange import Exchange
+from gateway.providers import ADAPTERS, ProviderAdapter
+from gateway.stages.pipeline import Pipeline
+
+access_log = logging.getLogger("gateway.access")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A configured provider with its adapter and its own keep-alive connection pool."""
+
+    config: ProviderConfig
+    adapter: ProviderAdapter
+    session: aiohttp.ClientSession
+    timeouts: Timeouts
+
+
+class Gateway:
+    """Holds config, routes, pipeline and audit writer; begins and finishes each exchange."""
+
+    def __init__(self, config: GatewayConfig, pipeline: Pipeline, writer: AuditWriter) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.writer = writer
+        self.routes: dict[str, Route] = {}
+        self.default_adapter: ProviderAdapter = ADAPTERS["openai"]  # shape for errors before routing
+        self.log_requests = access_log.isEnabledFor(logging.INFO)
+
+    async def open_sessions(self) -> None:
+        for name, provider in self.config.providers.items():
+            timeouts = self.config.timeouts_for(provider)
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+            session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,  # relay the upstream's bytes as they are; observers decode a copy
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s),
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            self.routes[name] = Route(provider, ADAPTERS[provider.kind], session, timeouts)
+
+    async def close_sessions(self) -> None:
+        for route in self.routes.values():
+            await route.session.close()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.routes) and self.writer.ready
+
+    def route(self, name: str) -> Route:
+        route = self.routes.get(name)
+        if route is None:
+            known = ", ".join(sorted(self.routes))
+            raise GatewayError(ErrorCode.NOT_FOUND, f"unknown provider '{name}'; configured providers: {known}")
+        return route
+
+    def begin_exchange(self, request: web.Request) -> Exchange:
+        return Exchange(
+            request_id=os.urandom(16).hex(),
+            method=request.method,
+            path="/" + request.match_info.get("path", ""),
+            provider=request.match_info.get("provider", ""),
+            client_address=request.remote or "",
+            user_agent=request.headers.get("User-Agent", "")[:256],
+        )
+
+    def finish_exchange(self, ex: Exchange) -> None:
+        """Exactly once per request, whatever happened: one audit record, one log line."""
+        if ex.finished:
+            return
+        ex.finished = True
+        record = ex.record()
+        self.writer.submit(record)
+        if self.log_requests:
+            # Path only: query strings can carry keys (?key=…) and never reach the logs.
+            access_log.info(
+                "%s %s /%s%s %d %s %.1fms",
+                record.request_id, record.method, record.provider, record.endpoint,
+                record.status, record.outcome, record.duration_ms,
+            )
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,63 @@
+"""The pipeline-stage protocol: every guard, policy and limit is one of these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from gateway.audit.record import Finding
+    from gateway.providers.base import RequestView
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    MODIFY = "modify"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a stage decided about a request.
+
+    `findings` are recorded whatever the verdict. For MODIFY, `body` replaces the
+    request body forwarded upstream. For REJECT, `status`/`code`/`message` become a
+    provider-shaped error and `rule` names what fired (audited as rejection_rule).
+    """
+
+    verdict: Verdict = Verdict.ALLOW
+    findings: tuple[Finding, ...] = ()
+    body: bytes | None = None
+    status: int = 403
+    code: str = "permission_denied"
+    message: str = ""
+    rule: str = ""
+
+    @classmethod
+    def allow(cls, findings: tuple[Finding, ...] = ()) -> Decision:
+        return cls(Verdict.ALLOW, findings=findings)
+
+
+ALLOW = Decision()
+
+
+@dataclass(slots=True)
+class StageContext:
+    """What a stage may look at: the parsed request and who is calling."""
+
+    view: RequestView
+    client_address: str = ""
+    key_id: str = ""
+    user: str = ""
+    team: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A pre-flight stage: one name, one method. Raising counts as a denial."""
+
+    name: str
+
+    async def pre_flight(self, ctx: StageContext) -> Decision: ...
