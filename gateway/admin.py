@@ -49,16 +49,20 @@ async def audit_tail(request: web.Request) -> web.Response:
         limit = max(1, min(int(request.query.get("limit", "20")), 1000))
     except ValueError:
         raise web.HTTPBadRequest(text="limit must be an integer") from None
-    rows = await queries.tail(request.app[GATEWAY].writer, limit)
-    return web.json_response(rows, dumps=lambda o: json.dumps(o, default=str))
+    gw = request.app[GATEWAY]
+    query = queries.tail_query(gw.config.audit, limit)
+    found = queries.records(await gw.writer.query(query.sql, query.parameters))[::-1]
+    return web.json_response([r.to_row() for r in found], dumps=lambda o: json.dumps(o, default=str))
 
 
 async def audit_show(request: web.Request) -> web.Response:
     _authorized(request)
-    row = await queries.show(request.app[GATEWAY].writer, request.match_info["request_id"])
-    if row is None:
+    gw = request.app[GATEWAY]
+    query = queries.show_query(gw.config.audit, request.match_info["request_id"])
+    found = queries.records(await gw.writer.query(query.sql, query.parameters))
+    if not found:
         raise web.HTTPNotFound(text='{"error": "no such request id"}', content_type="application/json")
-    return web.json_response(row, dumps=lambda o: json.dumps(o, default=str))
+    return web.json_response(found[0].to_row(), dumps=lambda o: json.dumps(o, default=str))
 
 
 def write_runtime_file(directory: Path, url: str, token: str) -> Path:

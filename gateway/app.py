@@ -23,8 +23,10 @@ def build_stages(config: GatewayConfig) -> Pipeline:
     if config.scanner.enabled:
         stages.append(
             ScanStage(
-                ScanOptions(disabled_rules=frozenset(config.scanner.disabled_rules),
-                            max_text_chars=config.scanner.max_text_chars)
+                ScanOptions(
+                    disabled_rules=frozenset(config.scanner.disabled_rules),
+                    max_text_chars=config.scanner.max_text_chars,
+                )
             )
         )
     return Pipeline(stages)

@@ -164,7 +164,12 @@ async def relay(
         reason=upstream.reason,
         headers=response_headers(upstream, ex.request_id, transformed=stream_filter is not None),
     )
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:  # the client left before the response started
+        ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
+        ex.summary = observer.summary()
+        return response
     loop = asyncio.get_running_loop()
     idle = route.timeouts.idle_s
     try:

@@ -38,7 +38,7 @@ class Gateway:
         self.writer = writer
         self.routes: dict[str, Route] = {}
         self.default_adapter: ProviderAdapter = ADAPTERS["openai"]  # shape for errors before routing
-        self.log_requests = access_log.isEnabledFor(logging.INFO)
+        self.log_requests = config.server.access_log and access_log.isEnabledFor(logging.INFO)
 
     async def open_sessions(self) -> None:
         for name, provider in self.config.providers.items():

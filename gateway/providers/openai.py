@@ -54,7 +54,8 @@ ERROR_SHAPES: dict[ErrorCode, tuple[str, str | None]] = {
     ErrorCode.UPSTREAM_TIMEOUT: ("timeout", "upstream_timeout"),
 }
 _SYSTEM_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_USAGE_NULL_TAIL = re.compile(rb',\s*"usage"\s*:\s*null\s*(\}\s*)$')
+# `"usage":null` as a member of the chunk object, whether or not other members follow it.
+_USAGE_NULL_MEMBER = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
 
 class OpenAIAdapter:
@@ -311,8 +312,6 @@ class UsageChunkStripper:
             lines = raw.split(b"\n")
             for i, line in enumerate(lines):
                 if line.startswith(b"data:"):
-                    lines[i] = _USAGE_NULL_TAIL.sub(rb"\1", line.rstrip(b"\r")) + (
-                        b"\r" if line.endswith(b"\r") else b""
-                    )
+                    lines[i] = _USAGE_NULL_MEMBER.sub(b"", line, count=1)
             return b"\n".join(lines)
         return raw
