@@ -28,7 +28,9 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready: the audit writer has its store (or spool) and the upstream sessions are open."""
     gw = request.app[GATEWAY]
     body = {"ready": gw.ready, "audit": asdict(gw.writer.stats), "providers": sorted(gw.routes)}
-    return web.json_response(body, status=200 if gw.ready else 503, dumps=lambda o: json.dumps(o, default=str))
+    return web.json_response(
+        body, status=200 if gw.ready else 503, dumps=lambda o: json.dumps(o, default=str)
+    )
 
 
 def add_internal_routes(app: web.Application) -> None:

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default 8787)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
-    audit = sub.add_parser("audit", help="read the audit log").add_subparsers(dest="audit_command", required=True)
+    audit = sub.add_parser("audit", help="read the audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
     tail = audit.add_parser("tail", help="the most recent exchanges")
     tail.add_argument("-n", "--limit", type=int, default=20)
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -99,20 +101,30 @@ async def _serve(config: GatewayConfig) -> None:
     await runner.setup()
     gc.collect()
     gc.freeze()  # startup objects (chDB client, modules) never need scanning again
-    site = web.TCPSite(runner, config.server.host, config.server.port, shutdown_timeout=config.server.shutdown_grace_s)
+    site = web.TCPSite(
+        runner, config.server.host, config.server.port, shutdown_timeout=config.server.shutdown_grace_s
+    )
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     state_dir = Path(config.server.state_dir)
-    write_runtime_file(state_dir, f"http://{_url_host(config.server.host)}:{config.server.port}", app[INTERNAL_TOKEN])
-    log.info("llm-gateway listening on http://%s:%d (audit: %s)", config.server.host, config.server.port,
-             config.audit.redacted_dsn())
+    write_runtime_file(
+        state_dir, f"http://{_url_host(config.server.host)}:{config.server.port}", app[INTERNAL_TOKEN]
+    )
+    log.info(
+        "llm-gateway listening on http://%s:%d (audit: %s)",
+        config.server.host,
+        config.server.port,
+        config.audit.redacted_dsn(),
+    )
     try:
         await stop.wait()
-        log.info("shutting down: draining in-flight requests (up to %gs), then flushing the audit log",
-                 config.server.shutdown_grace_s)
+        log.info(
+            "shutting down: draining in-flight requests (up to %gs), then flushing the audit log",
+            config.server.shutdown_grace_s,
+        )
     finally:
         await runner.cleanup()
         (state_dir / RUNTIME_FILE).unlink(missing_ok=True)
@@ -174,8 +186,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-TAIL_COLUMNS = ("ts", "request_id", "provider", "operation", "requested_model", "status", "outcome",
-                "duration_ms", "input_tokens", "output_tokens")
+TAIL_COLUMNS = (
+    "ts",
+    "request_id",
+    "provider",
+    "operation",
+    "requested_model",
+    "status",
+    "outcome",
+    "duration_ms",
+    "input_tokens",
+    "output_tokens",
+)
 
 
 def print_rows(rows: Any, as_json: bool, detail: bool = False) -> int:

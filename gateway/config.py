@@ -123,7 +123,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value is None:
             return None
         return _coerce(args[0], value, path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
         return build(tp, value, path)

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
@@ -26,8 +26,17 @@ log = logging.getLogger("gateway.proxy")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Proxy-Connection", "Host", "Content-Length",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Proxy-Connection",
+        "Host",
+        "Content-Length",
     )
 )
 REQUEST_ID_HEADER = "x-gateway-request-id"
@@ -44,7 +53,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, gw.config.server.max_body_bytes)
         ex.request_bytes, ex.request_sha256 = len(body), hashlib.sha256(body).hexdigest()
         ex.request_preview = body[: gw.config.capture.request_preview_chars].decode("utf-8", "replace")
-        view = route.adapter.parse_request(request.method, "/" + request.match_info["path"], request.query_string, body)
+        view = route.adapter.parse_request(
+            request.method, "/" + request.match_info["path"], request.query_string, body
+        )
         ex.view = view
         result = await gw.pipeline.pre_flight(StageContext(view=view, client_address=ex.client_address))
         ex.findings.extend(result.findings)
@@ -60,9 +71,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         raise
     except Exception as exc:
         log.exception("unexpected error serving %s", ex.request_id)
-        err = GatewayError(ErrorCode.INTERNAL, f"internal gateway error ({type(exc).__name__})")
-        ex.fail(err, error_type=type(exc).__name__)
-        return error_response(route.adapter if route else gw.default_adapter, err, ex)
+        internal = GatewayError(ErrorCode.INTERNAL, f"internal gateway error ({type(exc).__name__})")
+        ex.fail(internal, error_type=type(exc).__name__)
+        return error_response(route.adapter if route else gw.default_adapter, internal, ex)
     finally:
         gw.finish_exchange(ex)
 
@@ -71,7 +82,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body as received, or a 413 once it passes `limit` (without reading it all)."""
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise GatewayError(ErrorCode.REQUEST_TOO_LARGE, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+        raise GatewayError(
+            ErrorCode.REQUEST_TOO_LARGE, f"request body of {declared} bytes exceeds the {limit}-byte limit"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -82,7 +95,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def upstream_headers(incoming: CIMultiDict[str] | Iterable[tuple[str, str]], transformed: bool) -> CIMultiDict[str]:
+def upstream_headers(incoming: Mapping[str, str], transformed: bool) -> CIMultiDict[str]:
     """Client headers minus hop-by-hop ones; Accept-Encoding narrowed to what we can decode."""
     headers = CIMultiDict(incoming)
     connection_tokens = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
@@ -97,12 +110,18 @@ def upstream_headers(incoming: CIMultiDict[str] | Iterable[tuple[str, str]], tra
     return out
 
 
-def response_headers(upstream: aiohttp.ClientResponse, request_id: str, transformed: bool) -> CIMultiDict[str]:
-    connection_tokens = {t.strip().lower() for v in upstream.headers.getall("Connection", []) for t in v.split(",")}
+def response_headers(
+    upstream: aiohttp.ClientResponse, request_id: str, transformed: bool
+) -> CIMultiDict[str]:
+    connection_tokens = {
+        t.strip().lower() for v in upstream.headers.getall("Connection", []) for t in v.split(",")
+    }
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.headers.items():
         lname = name.lower()
-        if lname in connection_tokens or (lname in HOP_BY_HOP and not (lname == "content-length" and not transformed)):
+        if lname in connection_tokens or (
+            lname in HOP_BY_HOP and not (lname == "content-length" and not transformed)
+        ):
             continue
         out.add(name, value)
     out[REQUEST_ID_HEADER] = request_id
@@ -120,18 +139,25 @@ async def forward_and_relay(
     try:
         async with asyncio.timeout(timeouts.first_byte_s):
             upstream = await route.session.request(
-                view.method, url, data=body, headers=upstream_headers(request.headers, stream_filter is not None),
+                view.method,
+                url,
+                data=body,
+                headers=upstream_headers(request.headers, stream_filter is not None),
                 allow_redirects=False,
             )
     except aiohttp.ConnectionTimeoutError as exc:
-        raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, f"connecting to the {route.config.name} upstream timed out") from exc
+        raise GatewayError(
+            ErrorCode.UPSTREAM_TIMEOUT, f"connecting to the {route.config.name} upstream timed out"
+        ) from exc
     except TimeoutError as exc:
         raise GatewayError(
-            ErrorCode.UPSTREAM_TIMEOUT, f"the {route.config.name} upstream sent no response within {timeouts.first_byte_s:g}s"
+            ErrorCode.UPSTREAM_TIMEOUT,
+            f"the {route.config.name} upstream sent no response within {timeouts.first_byte_s:g}s",
         ) from exc
     except aiohttp.ClientError as exc:
         raise GatewayError(
-            ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream is unreachable ({type(exc).__name__})"
+            ErrorCode.UPSTREAM_UNREACHABLE,
+            f"the {route.config.name} upstream is unreachable ({type(exc).__name__})",
         ) from exc
     try:
         return await relay(gw, route, request, view, ex, upstream, stream_filter)
@@ -156,7 +182,9 @@ async def relay(
         stream_filter = None  # e.g. an upstream error body for a stream request: relay as-is
     capture = gw.config.capture
     observer = ResponseObserver(
-        route.adapter.response_parser(view, streaming, capture.response_preview_chars, capture.parse_limit_bytes),
+        route.adapter.response_parser(
+            view, streaming, capture.response_preview_chars, capture.parse_limit_bytes
+        ),
         upstream.headers.get("Content-Encoding", ""),
     )
     response = web.StreamResponse(
@@ -188,14 +216,17 @@ async def relay(
         ex.outcome = Outcome.OK if upstream.status < 400 else Outcome.UPSTREAM_ERROR
     except TimeoutError:
         err = GatewayError(
-            ErrorCode.UPSTREAM_TIMEOUT, f"the {route.config.name} upstream sent nothing for {idle:g}s mid-response"
+            ErrorCode.UPSTREAM_TIMEOUT,
+            f"the {route.config.name} upstream sent nothing for {idle:g}s mid-response",
         )
         await end_with_error(route.adapter, request, response, ex, streaming, err, "idle_timeout")
     except (aiohttp.ClientError, ConnectionResetError):
         if client_gone(request):
             ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
             return response
-        err = GatewayError(ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream broke off the response")
+        err = GatewayError(
+            ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream broke off the response"
+        )
         await end_with_error(route.adapter, request, response, ex, streaming, err, "upstream_disconnected")
     finally:
         ex.summary = observer.summary()

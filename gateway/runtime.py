@@ -65,7 +65,9 @@ class Gateway:
         route = self.routes.get(name)
         if route is None:
             known = ", ".join(sorted(self.routes))
-            raise GatewayError(ErrorCode.NOT_FOUND, f"unknown provider '{name}'; configured providers: {known}")
+            raise GatewayError(
+                ErrorCode.NOT_FOUND, f"unknown provider '{name}'; configured providers: {known}"
+            )
         return route
 
     def begin_exchange(self, request: web.Request) -> Exchange:
@@ -89,8 +91,13 @@ class Gateway:
             # Path only: query strings can carry keys (?key=…) and never reach the logs.
             access_log.info(
                 "%s %s /%s%s %d %s %.1fms",
-                record.request_id, record.method, record.provider, record.endpoint,
-                record.status, record.outcome, record.duration_ms,
+                record.request_id,
+                record.method,
+                record.provider,
+                record.endpoint,
+                record.status,
+                record.outcome,
+                record.duration_ms,
             )
 
 

@@ -1,4 +1,4 @@
-"""Suite-wide fixtures: the upstream emulator and a real gateway app (real chDB audit store) in front of it."""
+"""Suite-wide fixtures: the upstream emulator, and a real gateway (real chDB audit) in front of it."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def gateway_config(tmp_path: Path, emulator: Emulator, **sections: Any) -> Gatew
         raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
     config = load_config(None, raw)
     providers = {
-        name: ProviderConfig(name, name, emulator.base_url(name)) for name in ("openai", "anthropic", "gemini")
+        name: ProviderConfig(name, name, emulator.base_url(name))
+        for name in ("openai", "anthropic", "gemini")
     }
     providers["vllm"] = ProviderConfig("vllm", "openai", emulator.base_url("openai"))
     return dataclasses.replace(config, providers=providers)
@@ -71,9 +72,7 @@ async def start_gateway(config: GatewayConfig, writer: AuditWriter | None = None
 
 
 @pytest_asyncio.fixture
-async def make_gateway(
-    tmp_path: Path, emulator: Emulator
-) -> AsyncIterator[Callable[..., Any]]:
+async def make_gateway(tmp_path: Path, emulator: Emulator) -> AsyncIterator[Callable[..., Any]]:
     """Factory: `await make_gateway(capture={...})` starts a gateway with config overrides."""
     started: list[RunningGateway] = []
 

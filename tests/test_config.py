@@ -24,13 +24,18 @@ def test_embedded_defaults() -> None:
 
 def test_custom_provider_with_env_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_HOST", "10.1.2.3")
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 providers:
   vllm:
     kind: openai
     base_url: http://${VLLM_HOST}:${VLLM_PORT:-8000}/
     timeouts: {connect_s: 2, idle_s: 30}
-"""))
+""",
+        )
+    )
     vllm = config.providers["vllm"]
     assert vllm.base_url == "http://10.1.2.3:8000" and vllm.kind == "openai"
     assert config.timeouts_for(vllm).connect_s == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway.sse import SSEFramer, SSEParser
 
-STREAM = b"event: a\ndata: {\"x\":1}\n\n: comment\n\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n"
+STREAM = b'event: a\ndata: {"x":1}\n\n: comment\n\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n'
 
 
 def parse_in_pieces(data: bytes, size: int) -> list[tuple[str, bytes]]:

@@ -112,17 +112,26 @@ class AuditRecord:
         """Rebuild a record from a table row or a spooled row (inverse of to_row)."""
         row = dict(row)
         usage = Usage(
-            **{k: row.pop(k, None) for k in (
-                "input_tokens", "output_tokens", "cache_read_tokens",
-                "cache_write_tokens", "reasoning_tokens",
-            )}
+            **{
+                k: row.pop(k, None)
+                for k in (
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read_tokens",
+                    "cache_write_tokens",
+                    "reasoning_tokens",
+                )
+            }
         )
         findings = tuple(
             Finding(rule=r, category=c, severity=s, location=loc, action=a)
             for r, c, s, loc, a in zip(
-                row.pop("finding_rules", []), row.pop("finding_categories", []),
-                row.pop("finding_severities", []), row.pop("finding_locations", []),
-                row.pop("finding_actions", []), strict=True,
+                row.pop("finding_rules", []),
+                row.pop("finding_categories", []),
+                row.pop("finding_severities", []),
+                row.pop("finding_locations", []),
+                row.pop("finding_actions", []),
+                strict=True,
             )
         )
         ts = row.pop("ts")

@@ -113,7 +113,9 @@ class AnthropicAdapter:
         return StreamResponseParser(acc) if streaming else JsonResponseParser(acc, parse_limit)
 
     def render_error(self, err: GatewayError) -> bytes:
-        return orjson.dumps({"type": "error", "error": {"type": ERROR_TYPES[err.code], "message": err.message}})
+        return orjson.dumps(
+            {"type": "error", "error": {"type": ERROR_TYPES[err.code], "message": err.message}}
+        )
 
     def stream_error_event(self, err: GatewayError) -> bytes:
         return b"event: error\ndata: " + self.render_error(err) + b"\n\n"

@@ -83,7 +83,8 @@ class GeminiAdapter:
         if endpoint.json_body:
             data = load_json_object(body)
             view.json = data
-            config = data.get("generationConfig") if isinstance(data.get("generationConfig"), dict) else {}
+            raw_config = data.get("generationConfig")
+            config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
             view.params = {
                 "max_tokens": config.get("maxOutputTokens"),
                 "temperature": config.get("temperature"),

@@ -106,7 +106,8 @@ class OpenAIAdapter:
             yield "user", body["prompt"]
         for tool in body.get("tools") or ():
             if isinstance(tool, dict):
-                spec = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+                function = tool.get("function")
+                spec: dict[str, Any] = function if isinstance(function, dict) else tool
                 if isinstance(spec.get("description"), str):
                     yield "tool_definition", spec["description"]
 
@@ -125,7 +126,10 @@ class OpenAIAdapter:
             body = view.body[:head] + b'"stream_options":{"include_usage":true}' + sep + view.body[head:]
         else:
             patched = dict(view.json)
-            patched["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            patched["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
             body = orjson.dumps(patched)
         return body, UsageChunkStripper()
 
@@ -180,7 +184,8 @@ def _usage(raw: Any) -> Usage:
         input_tokens=as_int(raw.get("prompt_tokens", raw.get("input_tokens"))),
         output_tokens=as_int(raw.get("completion_tokens", raw.get("output_tokens"))),
         cache_read_tokens=as_int(
-            dig(raw, "prompt_tokens_details", "cached_tokens") or dig(raw, "input_tokens_details", "cached_tokens")
+            dig(raw, "prompt_tokens_details", "cached_tokens")
+            or dig(raw, "input_tokens_details", "cached_tokens")
         ),
         reasoning_tokens=as_int(
             dig(raw, "completion_tokens_details", "reasoning_tokens")
@@ -205,8 +210,9 @@ class OpenAIAccumulator:
         kind = data.get("type")
         if isinstance(kind, str) and kind.startswith("response."):
             self._responses_event(kind, data)
-        elif "error" in data and isinstance(data["error"], dict) or kind == "error":
-            err = data.get("error") if isinstance(data.get("error"), dict) else data
+        elif ("error" in data and isinstance(data["error"], dict)) or kind == "error":
+            nested = data.get("error")
+            err: dict[str, Any] = nested if isinstance(nested, dict) else data
             self.s.error_type = str(err.get("type") or err.get("code") or "error")
             self.s.error_message = str(err.get("message") or "")[:500]
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Protocol
 
@@ -104,10 +105,8 @@ class JsonResponseParser:
 
     def summary(self) -> ResponseSummary:
         if not self._overflow:
-            try:
+            with contextlib.suppress(orjson.JSONDecodeError):  # not JSON: nothing to learn from it
                 self._acc.on_body(orjson.loads(b"".join(self._chunks)))
-            except orjson.JSONDecodeError:
-                pass
         else:
             usage = _usage_from_tail(self._tail)
             if usage is not None:

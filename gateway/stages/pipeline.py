@@ -41,7 +41,8 @@ class Pipeline:
             findings.extend(decision.findings)
             if decision.verdict is Verdict.REJECT:
                 err = GatewayError(
-                    ErrorCode(decision.code) if decision.code in ErrorCode._value2member_map_
+                    ErrorCode(decision.code)
+                    if decision.code in ErrorCode._value2member_map_
                     else ErrorCode.PERMISSION_DENIED,
                     decision.message or f"request denied by {stage.name}",
                     status=decision.status,

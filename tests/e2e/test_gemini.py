@@ -19,7 +19,9 @@ async def test_generate_content_matches_direct(gateway: RunningGateway, emulator
     direct = await client(emulator.base_url("gemini")).aio.models.generate_content(
         model="gemini-2.5-flash", contents="hi"
     )
-    via = await client(gateway.url("gemini")).aio.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    via = await client(gateway.url("gemini")).aio.models.generate_content(
+        model="gemini-2.5-flash", contents="hi"
+    )
     assert via.model_dump(exclude={"sdk_http_response"}) == direct.model_dump(exclude={"sdk_http_response"})
     (row,) = await gateway.rows()
     u = via.usage_metadata
@@ -55,7 +57,9 @@ async def test_count_tokens_and_embeddings(gateway: RunningGateway) -> None:
     assert [r["operation"] for r in rows] == ["count_tokens", "batch_embed_contents"]
 
 
-async def test_key_in_query_string_never_reaches_the_audit(gateway: RunningGateway, emulator: Emulator) -> None:
+async def test_key_in_query_string_never_reaches_the_audit(
+    gateway: RunningGateway, emulator: Emulator
+) -> None:
     import aiohttp
 
     url = gateway.url("gemini") + f"/v1beta/models/gemini-2.5-flash:generateContent?key={KEY}"

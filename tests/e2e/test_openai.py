@@ -18,7 +18,9 @@ def client(base: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
 
 
-async def test_chat_completion_matches_direct_and_is_audited(gateway: RunningGateway, emulator: Emulator) -> None:
+async def test_chat_completion_matches_direct_and_is_audited(
+    gateway: RunningGateway, emulator: Emulator
+) -> None:
     direct = await client(emulator.base_url("openai")).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=50, temperature=0.2
     )
@@ -48,7 +50,9 @@ async def test_stream_without_include_usage_is_exactly_what_the_client_asked_for
     body = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     async with aiohttp.ClientSession() as s:
-        async with s.post(emulator.base_url("openai") + "/v1/chat/completions", data=body, headers=headers) as r:
+        async with s.post(
+            emulator.base_url("openai") + "/v1/chat/completions", data=body, headers=headers
+        ) as r:
             direct = await r.read()
         async with s.post(gateway.url("openai") + "/v1/chat/completions", data=body, headers=headers) as r:
             via = await r.read()
@@ -71,7 +75,9 @@ async def test_stream_without_include_usage_is_exactly_what_the_client_asked_for
 async def test_stream_with_include_usage_via_sdk(gateway: RunningGateway, emulator: Emulator) -> None:
     async def collect(base: str) -> list[dict[str, object]]:
         stream = await client(base).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
             stream_options={"include_usage": True},
         )
         return [chunk.model_dump() async for chunk in stream]
@@ -110,8 +116,10 @@ async def test_embeddings_models_and_custom_provider(gateway: RunningGateway, em
     out = await vllm.chat.completions.create(model="llama-3", messages=[{"role": "user", "content": "x"}])
     assert out.choices[0].message.content
     async with aiohttp.ClientSession() as s:  # the long route prefix serves the same
-        async with s.get(str(gateway.server.make_url("/llm-gateway/openai/v1/models")),
-                         headers={"Authorization": f"Bearer {KEY}"}) as r:
+        async with s.get(
+            str(gateway.server.make_url("/llm-gateway/openai/v1/models")),
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as r:
             assert r.status == 200
     rows = await gateway.rows()
     assert [r["operation"] for r in rows] == ["embeddings", "models.list", "chat.completions", "models.list"]
@@ -119,13 +127,17 @@ async def test_embeddings_models_and_custom_provider(gateway: RunningGateway, em
     assert rows[2]["provider"] == "vllm" and rows[2]["provider_kind"] == "openai"
 
 
-async def test_unknown_endpoint_passes_through_and_is_audited(gateway: RunningGateway, emulator: Emulator) -> None:
-    async with aiohttp.ClientSession() as s:
-        async with s.post(gateway.url("openai") + "/v1/files/abc/content?x=1", data=b"not json",
-                          headers={"Authorization": f"Bearer {KEY}"}) as r:
-            assert r.status == 404  # the emulator's own 404 for a path it does not serve, relayed
-            body = await r.read()
-            request_id = r.headers["x-gateway-request-id"]
+async def test_unknown_endpoint_passes_through_and_is_audited(
+    gateway: RunningGateway, emulator: Emulator
+) -> None:
+    async with aiohttp.ClientSession() as s, s.post(
+        gateway.url("openai") + "/v1/files/abc/content?x=1",
+        data=b"not json",
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as r:
+        assert r.status == 404  # the emulator's own 404 for a path it does not serve, relayed
+        body = await r.read()
+        request_id = r.headers["x-gateway-request-id"]
     assert emulator.requests[-1].path == "/v1/files/abc/content" and emulator.requests[-1].query == "x=1"
     assert emulator.requests[-1].body == b"not json"
     row = await gateway.row(request_id)
@@ -134,18 +146,23 @@ async def test_unknown_endpoint_passes_through_and_is_audited(gateway: RunningGa
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
-async def test_provider_headers_pass_and_hop_by_hop_do_not(gateway: RunningGateway, emulator: Emulator,
-                                                           path: str) -> None:
+async def test_provider_headers_pass_and_hop_by_hop_do_not(
+    gateway: RunningGateway, emulator: Emulator, path: str
+) -> None:
     headers = {
-        "Authorization": f"Bearer {KEY}", "OpenAI-Organization": "org-1", "OpenAI-Project": "proj-1",
-        "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "1", "Proxy-Authorization": "Basic x",
+        "Authorization": f"Bearer {KEY}",
+        "OpenAI-Organization": "org-1",
+        "OpenAI-Project": "proj-1",
+        "Connection": "keep-alive, X-Drop-Me",
+        "X-Drop-Me": "1",
+        "Proxy-Authorization": "Basic x",
     }
-    async with aiohttp.ClientSession() as s:
-        async with s.post(gateway.url("openai") + path, json={"model": "m", "input": "x", "messages": []},
-                          headers=headers) as r:
-            assert r.status == 200
-            for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-tokens", "x-request-id"):
-                assert name in r.headers
+    async with aiohttp.ClientSession() as s, s.post(
+        gateway.url("openai") + path, json={"model": "m", "input": "x", "messages": []}, headers=headers
+    ) as r:
+        assert r.status == 200
+        for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-tokens", "x-request-id"):
+            assert name in r.headers
     got = emulator.requests[-1].headers
     assert got["OpenAI-Organization"] == "org-1" and got["OpenAI-Project"] == "proj-1"
     assert got["Authorization"] == f"Bearer {KEY}"
@@ -154,14 +171,27 @@ async def test_provider_headers_pass_and_hop_by_hop_do_not(gateway: RunningGatew
 
 
 async def test_gzip_upstream_reaches_client_valid_and_is_parsed(gateway: RunningGateway) -> None:
-    c = openai.AsyncOpenAI(base_url=gateway.url("openai") + "/v1", api_key=KEY, max_retries=0,
-                           default_headers={"x-emulator-scenario": "gzip"})
-    raw = await c.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "x"}])
+    c = openai.AsyncOpenAI(
+        base_url=gateway.url("openai") + "/v1",
+        api_key=KEY,
+        max_retries=0,
+        default_headers={"x-emulator-scenario": "gzip"},
+    )
+    raw = await c.chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "x"}]
+    )
     assert raw.headers.get("content-encoding") == "gzip"
     out = raw.parse()
-    chunks = [ch async for ch in await c.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "x"}], stream=True)]
-    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Hello from the emulator."
+    chunks = [
+        ch
+        async for ch in await c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    ]
+    assert (
+        "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        == "Hello from the emulator."
+    )
     rows = await gateway.rows()
     assert rows[0]["output_tokens"] == out.usage.completion_tokens
     assert rows[1]["output_tokens"] and rows[1]["response_preview"] == "Hello from the emulator."

@@ -33,7 +33,9 @@ def test_stripper_removes_usage_chunk_and_nulls_at_any_split() -> None:
     chunk = b'data: {"id":"1","choices":[{"delta":{"content":"hi"}}],"usage":null,"obfuscation":"ab"}\n\n'
     usage = b'data: {"id":"1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
     upstream = chunk + usage + b"data: [DONE]\n\n"
-    expected = b'data: {"id":"1","choices":[{"delta":{"content":"hi"}}],"obfuscation":"ab"}\n\ndata: [DONE]\n\n'
+    expected = (
+        b'data: {"id":"1","choices":[{"delta":{"content":"hi"}}],"obfuscation":"ab"}\n\ndata: [DONE]\n\n'
+    )
     for size in (1, 5, 17, len(upstream)):
         s = UsageChunkStripper()
         out = b"".join(s.filter(upstream[i : i + size]) for i in range(0, len(upstream), size)) + s.flush()
@@ -62,15 +64,22 @@ def test_usage_from_the_tail_of_a_body_too_large_to_parse() -> None:
 
 
 def test_scan_targets_cover_roles_tools_and_responses_input() -> None:
-    chat = {"messages": [
-        {"role": "system", "content": "sys"},
-        {"role": "user", "content": [{"type": "text", "text": "u"}]},
-        {"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": '{"a":1}'}}]},
-        {"role": "tool", "content": "result"},
-    ]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [{"type": "text", "text": "u"}]},
+            {"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": '{"a":1}'}}]},
+            {"role": "tool", "content": "result"},
+        ]
+    }
     assert list(A.scan_targets(chat)) == [
-        ("system", "sys"), ("user", "u"), ("tool_call", '{"a":1}'), ("tool_result", "result"),
+        ("system", "sys"),
+        ("user", "u"),
+        ("tool_call", '{"a":1}'),
+        ("tool_result", "result"),
     ]
-    responses = {"instructions": "i", "input": [{"role": "user", "content": "x"},
-                                                {"type": "function_call_output", "output": "o"}]}
+    responses = {
+        "instructions": "i",
+        "input": [{"role": "user", "content": "x"}, {"type": "function_call_output", "output": "o"}],
+    }
     assert list(A.scan_targets(responses)) == [("system", "i"), ("user", "x"), ("tool_result", "o")]
