@@ -40,6 +40,7 @@ HOP_BY_HOP = frozenset(
     )
 )
 REQUEST_ID_HEADER = "x-gateway-request-id"
+SMALL_BODY_BYTES = 256 * 1024  # complete bodies up to this size are relayed in one write
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -187,6 +188,12 @@ async def relay(
         ),
         upstream.headers.get("Content-Encoding", ""),
     )
+    if (
+        not streaming
+        and (upstream.content_length or 0) <= SMALL_BODY_BYTES
+        and upstream.content_length is not None
+    ):
+        return await relay_small_body(route, request, ex, upstream, observer)
     response = web.StreamResponse(
         status=upstream.status,
         reason=upstream.reason,
@@ -235,6 +242,39 @@ async def relay(
     if not client_gone(request):
         await response.write_eof()
     return response
+
+
+async def relay_small_body(
+    route: Route,
+    request: web.Request,
+    ex: Exchange,
+    upstream: aiohttp.ClientResponse,
+    observer: ResponseObserver,
+) -> web.StreamResponse:
+    """A complete small body (Content-Length known, bounded): one read, one write with the headers.
+
+    Same bytes as the streaming relay, but half the syscalls — the largest per-request cost measured.
+    """
+    try:
+        async with asyncio.timeout(route.timeouts.idle_s):
+            body = await upstream.read()
+    except TimeoutError:
+        raise GatewayError(
+            ErrorCode.UPSTREAM_TIMEOUT,
+            f"the {route.config.name} upstream sent nothing for {route.timeouts.idle_s:g}s mid-response",
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise GatewayError(
+            ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream broke off the response"
+        ) from exc
+    observer.feed(body)
+    ex.summary = observer.summary()
+    ex.relayed.update(body)
+    ex.outcome = Outcome.OK if upstream.status < 400 else Outcome.UPSTREAM_ERROR
+    if ex.outcome is Outcome.UPSTREAM_ERROR:
+        ex.error_type = ex.summary.error_type or f"http_{upstream.status}"
+    headers = response_headers(upstream, ex.request_id, transformed=True)  # aiohttp sets Content-Length
+    return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
 
 
 def client_gone(request: web.Request) -> bool:
