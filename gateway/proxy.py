@@ -295,7 +295,11 @@ async def end_with_error(
     ex.fail(err, error_type=error_type)
     ex.status = response.status  # what the client saw
     if not streaming:
-        response.force_close()  # a short body with a Content-Length must not look complete
+        # Only a cut connection tells the client a body is incomplete: write_eof would end a
+        # chunked body with its terminating chunk and make the truncated JSON look complete.
+        response.force_close()
+        if request.transport is not None:
+            request.transport.close()
         return
     event = adapter.stream_error_event(err)
     try:

@@ -130,11 +130,14 @@ async def test_embeddings_models_and_custom_provider(gateway: RunningGateway, em
 async def test_unknown_endpoint_passes_through_and_is_audited(
     gateway: RunningGateway, emulator: Emulator
 ) -> None:
-    async with aiohttp.ClientSession() as s, s.post(
-        gateway.url("openai") + "/v1/files/abc/content?x=1",
-        data=b"not json",
-        headers={"Authorization": f"Bearer {KEY}"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gateway.url("openai") + "/v1/files/abc/content?x=1",
+            data=b"not json",
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as r,
+    ):
         assert r.status == 404  # the emulator's own 404 for a path it does not serve, relayed
         body = await r.read()
         request_id = r.headers["x-gateway-request-id"]
@@ -157,9 +160,12 @@ async def test_provider_headers_pass_and_hop_by_hop_do_not(
         "X-Drop-Me": "1",
         "Proxy-Authorization": "Basic x",
     }
-    async with aiohttp.ClientSession() as s, s.post(
-        gateway.url("openai") + path, json={"model": "m", "input": "x", "messages": []}, headers=headers
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gateway.url("openai") + path, json={"model": "m", "input": "x", "messages": []}, headers=headers
+        ) as r,
+    ):
         assert r.status == 200
         for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-tokens", "x-request-id"):
             assert name in r.headers
