@@ -237,6 +237,8 @@ async def relay(
         await end_with_error(route.adapter, request, response, ex, streaming, err, "upstream_disconnected")
     finally:
         ex.summary = observer.summary()
+    if ex.outcome is Outcome.OK and ex.summary.error_type:
+        ex.outcome = Outcome.UPSTREAM_ERROR  # a 200 stream the upstream ended with its own error event
     if ex.outcome is Outcome.UPSTREAM_ERROR:
         ex.error_type = ex.summary.error_type or f"http_{upstream.status}"
     if not client_gone(request):

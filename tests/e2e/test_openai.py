@@ -201,3 +201,22 @@ async def test_gzip_upstream_reaches_client_valid_and_is_parsed(gateway: Running
     rows = await gateway.rows()
     assert rows[0]["output_tokens"] == out.usage.completion_tokens
     assert rows[1]["output_tokens"] and rows[1]["response_preview"] == "Hello from the emulator."
+
+
+async def test_stream_ended_by_an_upstream_error_event_is_audited_as_upstream_error(
+    gateway: RunningGateway,
+) -> None:
+    c = openai.AsyncOpenAI(
+        base_url=gateway.url("openai") + "/v1",
+        api_key=KEY,
+        max_retries=0,
+        default_headers={"x-emulator-scenario": "error-mid-stream"},
+    )
+    stream = await c.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+    (row,) = await gateway.rows()
+    assert row["status"] == 200 and row["outcome"] == "upstream_error" and row["error_type"]
