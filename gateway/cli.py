@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve_forever(config)
     if args.audit_command == "tail":
-        return print_rows(audit_request(config, f"tail?limit={args.limit}"), args.json)
-    row = audit_request(config, f"show/{args.request_id}")
+        return print_rows(audit_request(config, limit=args.limit), args.json)
+    row = audit_request(config, request_id=args.request_id)
     if not row:
         print(f"no exchange with request id {args.request_id}", file=sys.stderr)
         return 1
@@ -137,10 +138,12 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def audit_request(config: GatewayConfig, what: str) -> Any:
-    """Ask the running gateway (chDB allows one process per directory), else open the store directly."""
+def audit_request(config: GatewayConfig, *, limit: int = 20, request_id: str | None = None) -> Any:
+    """Tail (no request_id) or show one exchange: ask the running gateway, since chDB allows one
+    process per directory; else open the store directly."""
     from gateway.admin import read_runtime_file
 
+    what = f"tail?limit={limit}" if request_id is None else f"show/{urllib.parse.quote(request_id, safe='')}"
     runtime = read_runtime_file(Path(config.server.state_dir))
     if runtime is not None and _alive(int(runtime.get("pid", 0))):
         req = urllib.request.Request(
@@ -155,10 +158,10 @@ def audit_request(config: GatewayConfig, what: str) -> Any:
             raise
         except urllib.error.URLError:
             pass  # not answering: fall back to the store itself
-    return _query_store(config, what)
+    return _query_store(config, limit, request_id)
 
 
-def _query_store(config: GatewayConfig, what: str) -> Any:
+def _query_store(config: GatewayConfig, limit: int, request_id: str | None) -> Any:
     """No gateway running: open the store ourselves (read-only queries)."""
     from gateway.audit import queries
     from gateway.audit.store import AuditStore
@@ -166,9 +169,9 @@ def _query_store(config: GatewayConfig, what: str) -> Any:
     store = AuditStore(config.audit)
     store.open()
     try:
-        if what.startswith("tail?limit="):
-            return [r.to_row() for r in queries.tail(store.query, config.audit, int(what.split("=", 1)[1]))]
-        record = queries.show(store.query, config.audit, what.removeprefix("show/"))
+        if request_id is None:
+            return [r.to_row() for r in queries.tail(store.query, config.audit, limit)]
+        record = queries.show(store.query, config.audit, request_id)
         return None if record is None else record.to_row()
     finally:
         store.close()

@@ -188,11 +188,7 @@ async def relay(
         ),
         upstream.headers.get("Content-Encoding", ""),
     )
-    if (
-        not streaming
-        and (upstream.content_length or 0) <= SMALL_BODY_BYTES
-        and upstream.content_length is not None
-    ):
+    if not streaming and upstream.content_length is not None and upstream.content_length <= SMALL_BODY_BYTES:
         return await relay_small_body(route, request, ex, upstream, observer)
     response = web.StreamResponse(
         status=upstream.status,
@@ -207,6 +203,7 @@ async def relay(
         return response
     loop = asyncio.get_running_loop()
     idle = route.timeouts.idle_s
+    complete = False
     try:
         async with asyncio.timeout_at(loop.time() + idle) as idle_timer:
             async for chunk in upstream.content.iter_any():
@@ -220,27 +217,20 @@ async def relay(
         if stream_filter is not None and (rest := stream_filter.flush()):
             ex.relayed.update(rest)
             await response.write(rest)
-        ex.outcome = Outcome.OK if upstream.status < 400 else Outcome.UPSTREAM_ERROR
+        complete = True
     except TimeoutError:
-        err = GatewayError(
-            ErrorCode.UPSTREAM_TIMEOUT,
-            f"the {route.config.name} upstream sent nothing for {idle:g}s mid-response",
-        )
+        err = idle_timeout_error(route)
         await end_with_error(route.adapter, request, response, ex, streaming, err, "idle_timeout")
     except (aiohttp.ClientError, ConnectionResetError):
         if client_gone(request):
             ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
             return response
-        err = GatewayError(
-            ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream broke off the response"
-        )
+        err = broken_response_error(route)
         await end_with_error(route.adapter, request, response, ex, streaming, err, "upstream_disconnected")
     finally:
         ex.summary = observer.summary()
-    if ex.outcome is Outcome.OK and ex.summary.error_type:
-        ex.outcome = Outcome.UPSTREAM_ERROR  # a 200 stream the upstream ended with its own error event
-    if ex.outcome is Outcome.UPSTREAM_ERROR:
-        ex.error_type = ex.summary.error_type or f"http_{upstream.status}"
+    if complete:
+        settle_outcome(ex, upstream.status)
     if not client_gone(request):
         await response.write_eof()
     return response
@@ -261,22 +251,40 @@ async def relay_small_body(
         async with asyncio.timeout(route.timeouts.idle_s):
             body = await upstream.read()
     except TimeoutError:
-        raise GatewayError(
-            ErrorCode.UPSTREAM_TIMEOUT,
-            f"the {route.config.name} upstream sent nothing for {route.timeouts.idle_s:g}s mid-response",
-        ) from None
+        raise idle_timeout_error(route) from None
     except aiohttp.ClientError as exc:
-        raise GatewayError(
-            ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream broke off the response"
-        ) from exc
+        raise broken_response_error(route) from exc
     observer.feed(body)
     ex.summary = observer.summary()
     ex.relayed.update(body)
-    ex.outcome = Outcome.OK if upstream.status < 400 else Outcome.UPSTREAM_ERROR
-    if ex.outcome is Outcome.UPSTREAM_ERROR:
-        ex.error_type = ex.summary.error_type or f"http_{upstream.status}"
+    settle_outcome(ex, upstream.status)
     headers = response_headers(upstream, ex.request_id, transformed=True)  # aiohttp sets Content-Length
     return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+
+
+def settle_outcome(ex: Exchange, status: int) -> None:
+    """A response relayed in full: ok, unless the status or the body itself reports an error.
+
+    A 200 stream that the upstream ends with its own error event counts as an upstream error.
+    """
+    if status < 400 and not ex.summary.error_type:
+        ex.outcome = Outcome.OK
+        return
+    ex.outcome = Outcome.UPSTREAM_ERROR
+    ex.error_type = ex.summary.error_type or f"http_{status}"
+
+
+def idle_timeout_error(route: Route) -> GatewayError:
+    return GatewayError(
+        ErrorCode.UPSTREAM_TIMEOUT,
+        f"the {route.config.name} upstream sent nothing for {route.timeouts.idle_s:g}s mid-response",
+    )
+
+
+def broken_response_error(route: Route) -> GatewayError:
+    return GatewayError(
+        ErrorCode.UPSTREAM_UNREACHABLE, f"the {route.config.name} upstream broke off the response"
+    )
 
 
 def client_gone(request: web.Request) -> bool:
