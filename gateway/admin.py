@@ -24,6 +24,15 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus pull: text format, or OpenMetrics (with exemplars) when the scraper asks for it."""
+    page = request.app[GATEWAY].telemetry.metrics_page(request.headers.get("Accept", ""))
+    if page is None:
+        raise web.HTTPNotFound(text="metrics are disabled (telemetry.metrics / telemetry.prometheus)")
+    body, content_type = page
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Ready: the audit writer has its store (or spool) and the upstream sessions are open."""
     gw = request.app[GATEWAY]

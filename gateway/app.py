@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from gateway.proxy import handle
 from gateway.runtime import GATEWAY, Gateway
 from gateway.stages.pipeline import Pipeline
 from gateway.stages.scan.stage import ScanOptions, ScanStage
+from gateway.telemetry.setup import Telemetry, build_telemetry
 
 log = logging.getLogger("gateway")
 
@@ -32,13 +34,21 @@ def build_stages(config: GatewayConfig) -> Pipeline:
     return Pipeline(stages)
 
 
-def build_app(config: GatewayConfig, writer: AuditWriter | None = None) -> web.Application:
-    """A complete gateway app; tests build their own with their own config and writer."""
+def build_app(
+    config: GatewayConfig, writer: AuditWriter | None = None, telemetry: Telemetry | None = None
+) -> web.Application:
+    """A complete gateway app; tests build their own with their own config, writer and telemetry."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    gateway = Gateway(config, build_stages(config), writer or AuditWriter(config.audit))
+    gateway = Gateway(
+        config,
+        build_stages(config),
+        writer or AuditWriter(config.audit),
+        telemetry or build_telemetry(config),
+    )
     app[GATEWAY] = gateway
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/readyz", admin.readyz)
+    app.router.add_get("/metrics", admin.metrics)
     admin.add_internal_routes(app)
     for prefix in ("/llm-gateway/{provider}", "/{provider}"):
         app.router.add_route("*", prefix + "/{path:.*}", handle)
@@ -50,6 +60,7 @@ def build_app(config: GatewayConfig, writer: AuditWriter | None = None) -> web.A
 async def _startup(app: web.Application) -> None:
     gateway = app[GATEWAY]
     await gateway.writer.start()
+    gateway.telemetry.watch_audit(lambda: gateway.writer.stats)
     await gateway.open_sessions()
     log.info("providers: %s", ", ".join(f"/{n}/ -> {r.config.base_url}" for n, r in gateway.routes.items()))
 
@@ -59,3 +70,5 @@ async def _cleanup(app: web.Application) -> None:
     gateway = app[GATEWAY]
     await gateway.close_sessions()
     await gateway.writer.close()
+    # Blocking: flushes queued spans and pushes the last metrics over the network.
+    await asyncio.get_running_loop().run_in_executor(None, gateway.telemetry.shutdown)

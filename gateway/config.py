@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from gateway.audit.settings import AuditSettings
+from gateway.telemetry.settings import TelemetrySettings
 
 PROVIDER_KINDS = ("openai", "anthropic", "gemini")
 DEFAULT_BASE_URLS = {
@@ -23,6 +24,8 @@ DEFAULT_BASE_URLS = {
     "gemini": "https://generativelanguage.googleapis.com",
 }
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Top-level paths the gateway serves itself; no provider may be routed there.
+RESERVED_NAMES = frozenset(("admin", "llm-gateway", "metrics", "healthz", "readyz", "_gateway"))
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -85,6 +88,7 @@ class GatewayConfig:
     audit: AuditSettings = field(default_factory=AuditSettings)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     scanner: ScannerConfig = field(default_factory=ScannerConfig)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     log_level: str = "info"
 
     def timeouts_for(self, provider: ProviderConfig) -> Timeouts:
@@ -181,7 +185,7 @@ def _providers(raw: Any) -> dict[str, ProviderConfig]:
         raise ConfigError("providers: expected a mapping of name -> {kind, base_url}")
     for name, spec in raw.items():
         where = f"providers.{name}"
-        if not isinstance(name, str) or not _NAME.match(name) or name in ("admin", "llm-gateway"):
+        if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_NAMES:
             raise ConfigError(f"{where}: provider names are lowercase [a-z0-9_.-] and not reserved")
         spec = dict(spec or {})
         kind = spec.setdefault("kind", name if name in PROVIDER_KINDS else None)

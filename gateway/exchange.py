@@ -42,6 +42,9 @@ class Exchange:
     team: str = ""
     trace_id: str = ""
     span_id: str = ""
+    traceresponse: str = ""  # W3C `traceresponse` header value when tracing is on
+    trace: object | None = None  # the telemetry's spans of this exchange
+    route_label: str = ""  # low-cardinality route template for telemetry
     started: float = field(default_factory=time.perf_counter)
     ts: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     view: RequestView | None = None
@@ -55,7 +58,11 @@ class Exchange:
     error_type: str = ""
     error_message: str = ""
     upstream_started: float | None = None
-    first_byte: float | None = None
+    first_byte: float | None = None  # upstream response headers arrived
+    first_chunk: float | None = None  # first body chunk arrived from the upstream
+    upstream_wait: float = 0.0  # seconds spent waiting on the upstream (for the overhead metric)
+    client_wait: float = 0.0  # seconds spent waiting on the client (body upload, slow reads)
+    finished_at: float = 0.0
     streamed: bool = False
     relayed: RequestDigest = field(default_factory=RequestDigest)
     summary: ResponseSummary = field(default_factory=ResponseSummary)
@@ -74,7 +81,7 @@ class Exchange:
         """The immutable audit row for this exchange."""
         view = self.view
         s = self.summary
-        now = time.perf_counter()
+        now = self.finished_at or time.perf_counter()
         return AuditRecord(
             ts=self.ts,
             request_id=self.request_id,

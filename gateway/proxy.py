@@ -51,7 +51,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         route = gw.route(request.match_info["provider"])
         ex.provider, ex.provider_kind = route.config.name, route.config.kind
+        reading = time.perf_counter()
         body = await read_body(request, gw.config.server.max_body_bytes)
+        ex.client_wait += time.perf_counter() - reading
         ex.request_bytes, ex.request_sha256 = len(body), hashlib.sha256(body).hexdigest()
         ex.request_preview = body[: gw.config.capture.request_preview_chars].decode("utf-8", "replace")
         view = route.adapter.parse_request(
@@ -111,9 +113,15 @@ def upstream_headers(incoming: Mapping[str, str], transformed: bool) -> CIMultiD
     return out
 
 
-def response_headers(
-    upstream: aiohttp.ClientResponse, request_id: str, transformed: bool
-) -> CIMultiDict[str]:
+def gateway_headers(headers: CIMultiDict[str], ex: Exchange) -> CIMultiDict[str]:
+    """What the gateway adds to every response: its request id and, with tracing, `traceresponse`."""
+    headers[REQUEST_ID_HEADER] = ex.request_id
+    if ex.traceresponse:
+        headers["traceresponse"] = ex.traceresponse
+    return headers
+
+
+def response_headers(upstream: aiohttp.ClientResponse, ex: Exchange, transformed: bool) -> CIMultiDict[str]:
     connection_tokens = {
         t.strip().lower() for v in upstream.headers.getall("Connection", []) for t in v.split(",")
     }
@@ -125,8 +133,7 @@ def response_headers(
         ):
             continue
         out.add(name, value)
-    out[REQUEST_ID_HEADER] = request_id
-    return out
+    return gateway_headers(out, ex)
 
 
 async def forward_and_relay(
@@ -139,13 +146,14 @@ async def forward_and_relay(
     ex.upstream_started = time.perf_counter()
     try:
         async with asyncio.timeout(timeouts.first_byte_s):
-            upstream = await route.session.request(
-                view.method,
-                url,
-                data=body,
-                headers=upstream_headers(request.headers, stream_filter is not None),
-                allow_redirects=False,
-            )
+            with gw.telemetry.model_call(ex):
+                upstream = await route.session.request(
+                    view.method,
+                    url,
+                    data=body,
+                    headers=upstream_headers(request.headers, stream_filter is not None),
+                    allow_redirects=False,
+                )
     except aiohttp.ConnectionTimeoutError as exc:
         raise GatewayError(
             ErrorCode.UPSTREAM_TIMEOUT, f"connecting to the {route.config.name} upstream timed out"
@@ -177,9 +185,12 @@ async def relay(
 ) -> web.StreamResponse:
     """Decided at response-headers time: stream or not. Bytes go out as they arrive."""
     ex.first_byte = time.perf_counter()
+    ex.upstream_wait += ex.first_byte - (ex.upstream_started or ex.first_byte)
     ex.status = upstream.status
     streaming = ex.streamed = upstream.content_type == "text/event-stream"
-    if not streaming:
+    if streaming:
+        gw.telemetry.stream_opened(ex)
+    else:
         stream_filter = None  # e.g. an upstream error body for a stream request: relay as-is
     capture = gw.config.capture
     observer = ResponseObserver(
@@ -193,7 +204,7 @@ async def relay(
     response = web.StreamResponse(
         status=upstream.status,
         reason=upstream.reason,
-        headers=response_headers(upstream, ex.request_id, transformed=stream_filter is not None),
+        headers=response_headers(upstream, ex, transformed=stream_filter is not None),
     )
     try:
         await response.prepare(request)
@@ -204,16 +215,25 @@ async def relay(
     loop = asyncio.get_running_loop()
     idle = route.timeouts.idle_s
     complete = False
+    clock = time.perf_counter
     try:
         async with asyncio.timeout_at(loop.time() + idle) as idle_timer:
+            waiting = clock()
             async for chunk in upstream.content.iter_any():
+                arrived = clock()
+                ex.upstream_wait += arrived - waiting
+                if ex.first_chunk is None:
+                    ex.first_chunk = arrived
                 observer.feed(chunk)
                 out = stream_filter.filter(chunk) if stream_filter is not None else chunk
                 if out:
                     idle_timer.reschedule(None)  # a slow client is not an idle upstream
                     ex.relayed.update(out)
+                    writing = clock()
                     await response.write(out)
+                    ex.client_wait += clock() - writing
                 idle_timer.reschedule(loop.time() + idle)
+                waiting = clock()
         if stream_filter is not None and (rest := stream_filter.flush()):
             ex.relayed.update(rest)
             await response.write(rest)
@@ -254,12 +274,20 @@ async def relay_small_body(
         raise idle_timeout_error(route) from None
     except aiohttp.ClientError as exc:
         raise broken_response_error(route) from exc
+    ex.upstream_wait += time.perf_counter() - (ex.first_byte or 0.0)
     observer.feed(body)
     ex.summary = observer.summary()
     ex.relayed.update(body)
     settle_outcome(ex, upstream.status)
-    headers = response_headers(upstream, ex.request_id, transformed=True)  # aiohttp sets Content-Length
-    return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+    headers = response_headers(upstream, ex, transformed=True)  # aiohttp sets Content-Length
+    response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+    # Sent here, not after the handler returns: the audit record and telemetry come after the client has it.
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionResetError:
+        ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
+    return response
 
 
 def settle_outcome(ex: Exchange, status: int) -> None:
@@ -325,7 +353,7 @@ def error_response(adapter: ProviderAdapter, err: GatewayError, ex: Exchange) ->
     body = adapter.render_error(err)
     ex.relayed.update(body)
     response = web.Response(status=err.status, body=body, content_type="application/json")
-    response.headers[REQUEST_ID_HEADER] = ex.request_id
+    gateway_headers(response.headers, ex)
     if err.code is ErrorCode.REQUEST_TOO_LARGE:
         response.force_close()  # the unread rest of the body must not be taken as the next request
     return response

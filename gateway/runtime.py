@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -15,6 +16,7 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.exchange import Exchange
 from gateway.providers import ADAPTERS, ProviderAdapter
 from gateway.stages.pipeline import Pipeline
+from gateway.telemetry.setup import Telemetry
 
 access_log = logging.getLogger("gateway.access")
 
@@ -30,12 +32,15 @@ class Route:
 
 
 class Gateway:
-    """Holds config, routes, pipeline and audit writer; begins and finishes each exchange."""
+    """Holds config, routes, pipeline, audit writer and telemetry; begins and finishes each exchange."""
 
-    def __init__(self, config: GatewayConfig, pipeline: Pipeline, writer: AuditWriter) -> None:
+    def __init__(
+        self, config: GatewayConfig, pipeline: Pipeline, writer: AuditWriter, telemetry: Telemetry
+    ) -> None:
         self.config = config
         self.pipeline = pipeline
         self.writer = writer
+        self.telemetry = telemetry
         self.routes: dict[str, Route] = {}
         self.default_adapter: ProviderAdapter = ADAPTERS["openai"]  # shape for errors before routing
         self.log_requests = config.server.access_log and access_log.isEnabledFor(logging.INFO)
@@ -50,6 +55,7 @@ class Gateway:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s),
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=self.telemetry.trace_configs(provider.forward_traceparent) or None,
             )
             self.routes[name] = Route(provider, ADAPTERS[provider.kind], session, timeouts)
 
@@ -71,7 +77,7 @@ class Gateway:
         return route
 
     def begin_exchange(self, request: web.Request) -> Exchange:
-        return Exchange(
+        ex = Exchange(
             request_id=os.urandom(16).hex(),
             method=request.method,
             path="/" + request.match_info.get("path", ""),
@@ -79,14 +85,18 @@ class Gateway:
             client_address=request.remote or "",
             user_agent=request.headers.get("User-Agent", "")[:256],
         )
+        self.telemetry.begin(ex, request)
+        return ex
 
     def finish_exchange(self, ex: Exchange) -> None:
-        """Exactly once per request, whatever happened: one audit record, one log line."""
+        """Exactly once per request, whatever happened: one audit record, spans, metrics, one log line."""
         if ex.finished:
             return
         ex.finished = True
+        ex.finished_at = time.perf_counter()
         record = ex.record()
         self.writer.submit(record)
+        self.telemetry.finish(ex, record)
         if self.log_requests:
             # Path only: query strings can carry keys (?key=…) and never reach the logs.
             access_log.info(

@@ -14,6 +14,7 @@ from gateway.app import build_app
 from gateway.audit.writer import AuditWriter
 from gateway.config import GatewayConfig, ProviderConfig, load_config
 from gateway.runtime import GATEWAY
+from gateway.telemetry.setup import Telemetry
 from tests.emulator.server import Emulator
 
 pytest_plugins = ["tests.emulator.fixtures"]
@@ -64,8 +65,10 @@ def gateway_config(tmp_path: Path, emulator: Emulator, **sections: Any) -> Gatew
     return dataclasses.replace(config, providers=providers)
 
 
-async def start_gateway(config: GatewayConfig, writer: AuditWriter | None = None) -> RunningGateway:
-    app = build_app(config, writer)
+async def start_gateway(
+    config: GatewayConfig, writer: AuditWriter | None = None, telemetry: Telemetry | None = None
+) -> RunningGateway:
+    app = build_app(config, writer, telemetry)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(access_log=None)  # TestServer always cancels handlers on disconnect
     return RunningGateway(server, config, app[GATEWAY].writer)
@@ -76,8 +79,14 @@ async def make_gateway(tmp_path: Path, emulator: Emulator) -> AsyncIterator[Call
     """Factory: `await make_gateway(capture={...})` starts a gateway with config overrides."""
     started: list[RunningGateway] = []
 
-    async def make(writer: AuditWriter | None = None, **sections: Any) -> RunningGateway:
-        gw = await start_gateway(gateway_config(tmp_path, emulator, **sections), writer)
+    async def make(
+        writer: AuditWriter | None = None,
+        with_telemetry: Callable[[GatewayConfig], Telemetry] | None = None,
+        **sections: Any,
+    ) -> RunningGateway:
+        """`with_telemetry` builds the gateway's Telemetry from its config (default: `build_telemetry`)."""
+        config = gateway_config(tmp_path, emulator, **sections)
+        gw = await start_gateway(config, writer, with_telemetry(config) if with_telemetry else None)
         started.append(gw)
         return gw
 

@@ -1,0 +1,293 @@
+"""Build the telemetry of one gateway: tracer and meter providers, exporters, and the facade the proxy calls.
+
+Nothing here sets OpenTelemetry's global providers: each app owns its own, so tests can build
+several gateways side by side and inspect them with in-memory exporters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.instrumentation._semconv import _StabilityMode
+from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from yarl import URL
+
+from gateway import __version__
+from gateway.audit.record import AuditRecord
+from gateway.config import GatewayConfig
+from gateway.exchange import Exchange
+from gateway.telemetry.instruments import Instruments
+from gateway.telemetry.prometheus import PrometheusReader
+from gateway.telemetry.settings import TelemetrySettings
+from gateway.telemetry.spans import ExchangeSpans, ExchangeTrace
+
+log = logging.getLogger(__name__)
+
+SCOPE = "llm_gateway"
+_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+_STASH = "x-llm-gateway-stash-"  # holds the caller's trace headers while the instrumentation injects its own
+_SECRET_PARAMS = frozenset(("key", "api_key", "apikey", "access_token", "token"))
+
+
+def _env_true(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def otlp_wanted(settings: TelemetrySettings, env: Mapping[str, str], signal: str) -> bool:
+    """Push `signal` ("traces"/"metrics") over OTLP? `OTEL_<SIGNAL>_EXPORTER=none` always says no."""
+    exporter = env.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower()
+    if exporter == "none" or settings.otlp == "off":
+        return False
+    if exporter and exporter != "otlp":
+        log.warning(
+            "OTEL_%s_EXPORTER=%s is not supported (otlp or none); using otlp", signal.upper(), exporter
+        )
+    if settings.otlp == "on" or exporter == "otlp":
+        return True
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    )
+
+
+def _otlp_protocol(env: Mapping[str, str], signal: str) -> str:
+    return (
+        env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+
+
+def _span_exporter(env: Mapping[str, str]) -> Any:
+    if _otlp_protocol(env, "traces") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+    return OTLPSpanExporter()
+
+
+def _metric_exporter(env: Mapping[str, str]) -> Any:
+    if _otlp_protocol(env, "metrics") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
+    return OTLPMetricExporter()
+
+
+def redact_url(url: URL) -> str:
+    """The upstream URL for span attributes, with credential-like query parameters blanked."""
+    if not url.query_string:
+        return str(url)
+    query = [(k, "REDACTED" if k.lower() in _SECRET_PARAMS else v) for k, v in url.query.items()]
+    return str(url.with_query(query))
+
+
+def upstream_addresses(config: GatewayConfig) -> dict[str, tuple[str, int]]:
+    """server.address / server.port of each provider's upstream."""
+    out = {}
+    for name, provider in config.providers.items():
+        parts = urlsplit(provider.base_url)
+        out[name] = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    return out
+
+
+class Telemetry:
+    """What the request path calls: begin, model_call, stream_opened, finish — each cheap or a no-op."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        prometheus: PrometheusReader | None,
+        capture_content: bool,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.prometheus = prometheus
+        self.traceresponse = config.telemetry.traceresponse
+        addresses = upstream_addresses(config)
+        self._known_providers = frozenset(config.providers)
+        self.spans = (
+            ExchangeSpans(
+                tracer_provider.get_tracer(SCOPE, __version__),
+                TraceContextTextMapPropagator(),
+                addresses,
+                capture_content,
+                config.capture.request_preview_chars,
+            )
+            if tracer_provider is not None
+            else None
+        )
+        self.instruments = (
+            Instruments(meter_provider.get_meter(SCOPE, __version__), config.telemetry, addresses)
+            if meter_provider is not None
+            else None
+        )
+
+    @property
+    def tracing(self) -> bool:
+        return self.spans is not None
+
+    def watch_audit(self, stats: Any) -> None:
+        """Observe the audit writer's queue, spool and counters (a callable returning WriterStats)."""
+        if self.instruments is not None:
+            self.instruments.watch_audit(stats)
+
+    def trace_configs(self, forward_traceparent: bool) -> list[aiohttp.TraceConfig]:
+        """Client-session hooks: the upstream HTTP CLIENT span, and the caller's trace headers kept as sent.
+
+        The instrumentation injects a child `traceparent`; unless the provider is configured to get
+        one, the caller's own trace headers (or none) go upstream unchanged.
+        """
+        if self.tracer_provider is None:
+            return []
+        otel = create_trace_config(
+            url_filter=redact_url,
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            sem_conv_opt_in_mode=_StabilityMode.HTTP,
+        )
+        if forward_traceparent:
+            return [otel]
+        return [_stash_trace_headers(), otel, _restore_trace_headers()]
+
+    def begin(self, ex: Exchange, request: web.Request) -> None:
+        if self.instruments is not None:
+            self.instruments.begin(self._provider_label(ex.provider))
+        if self.spans is not None:
+            self.spans.begin(
+                ex, request.headers, request.scheme, request.host, self._route_label(request, ex)
+            )
+            if not self.traceresponse:
+                ex.traceresponse = ""
+
+    def model_call(self, ex: Exchange) -> Any:
+        """A context manager around sending the request upstream (the GenAI span is current in it)."""
+        if self.spans is None:
+            return nullcontext()
+        return self.spans.model_call(ex)
+
+    def stream_opened(self, ex: Exchange) -> None:
+        if self.instruments is not None:
+            self.instruments.stream_opened(self._provider_label(ex.provider))
+
+    def finish(self, ex: Exchange, record: AuditRecord) -> None:
+        """End the spans and record the metrics of one exchange; never raises into the request path."""
+        try:
+            context = ex.trace.context() if isinstance(ex.trace, ExchangeTrace) else None
+            if self.instruments is not None:
+                self.instruments.finish(
+                    ex, record, ex.route_label, self._provider_label(ex.provider), context
+                )
+            if self.spans is not None:
+                self.spans.finish(ex, record)
+        except Exception:
+            log.exception("telemetry for %s failed", record.request_id)
+
+    def metrics_page(self, accept: str) -> tuple[bytes, str] | None:
+        return self.prometheus.render(accept) if self.prometheus is not None else None
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters (spans in the batch queue, a last metric push)."""
+        for provider in (self.tracer_provider, self.meter_provider):
+            if provider is not None:
+                try:
+                    provider.shutdown()
+                except Exception:
+                    log.exception("telemetry shutdown failed")
+
+    def _provider_label(self, provider: str) -> str:
+        return provider if provider in self._known_providers else "_unknown"
+
+    def _route_label(self, request: web.Request, ex: Exchange) -> str:
+        resource = request.match_info.route.resource
+        template = resource.canonical if resource is not None else request.path
+        if ex.provider in self._known_providers:
+            template = template.replace("{provider}", ex.provider)
+        ex.route_label = template
+        return template
+
+
+def _stash_trace_headers() -> aiohttp.TraceConfig:
+    async def stash(session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        for name in _TRACE_HEADERS:
+            values = params.headers.popall(name, [])
+            params.headers[_STASH + name] = "\x00".join(values) if values else ""
+
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(stash)
+    return config
+
+
+def _restore_trace_headers() -> aiohttp.TraceConfig:
+    async def restore(session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        for name in _TRACE_HEADERS:
+            params.headers.popall(name, None)
+            kept = params.headers.popall(_STASH + name, [""])[0]
+            for value in kept.split("\x00") if kept else ():
+                params.headers.add(name, value)
+
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(restore)
+    return config
+
+
+def build_telemetry(
+    config: GatewayConfig,
+    env: Mapping[str, str] | None = None,
+    *,
+    span_processors: tuple[SpanProcessor, ...] = (),
+    metric_readers: tuple[MetricReader, ...] = (),
+) -> Telemetry:
+    """Providers and exporters from the config and the standard OTEL_* variables.
+
+    Tracing is on when spans have somewhere to go: OTLP (see `otlp_wanted`) or `span_processors`
+    given by the caller (tests). Metrics are on when Prometheus pull, OTLP push or a given reader is.
+    """
+    env = os.environ if env is None else env
+    settings = config.telemetry
+    if not settings.enabled or _env_true(env, "OTEL_SDK_DISABLED"):
+        return Telemetry(config, None, None, None, False)
+    resource = Resource.create(
+        {
+            "service.name": env.get("OTEL_SERVICE_NAME") or settings.service_name,
+            "service.version": __version__,
+            "service.instance.id": str(uuid.uuid4()),
+        }
+    )
+    tracer_provider = None
+    if settings.traces:
+        processors = list(span_processors)
+        if otlp_wanted(settings, env, "traces"):
+            processors.append(BatchSpanProcessor(_span_exporter(env)))
+        if processors:
+            tracer_provider = TracerProvider(resource=resource)
+            for processor in processors:
+                tracer_provider.add_span_processor(processor)
+    meter_provider = None
+    prometheus = None
+    if settings.metrics:
+        readers = list(metric_readers)
+        if settings.prometheus:
+            prometheus = PrometheusReader()
+            readers.append(prometheus)
+        if otlp_wanted(settings, env, "metrics"):
+            readers.append(PeriodicExportingMetricReader(_metric_exporter(env)))
+        if readers:
+            meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+    capture = settings.capture_content or _env_true(env, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+    return Telemetry(config, tracer_provider, meter_provider, prometheus, capture)
