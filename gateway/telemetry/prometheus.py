@@ -116,6 +116,8 @@ class _Families:
 
     def __init__(self, reader: PrometheusReader) -> None:
         self._reader = reader
+        # The SDK hands out each exemplar once; keep the latest per sample so every scrape shows one.
+        self._exemplars: dict[tuple[str, frozenset[tuple[str, str]]], PromExemplar] = {}
 
     def collect(self) -> Iterator[PromMetric]:
         data = self._reader.snapshot()
@@ -128,11 +130,22 @@ class _Families:
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     _translate(metric, families)
+        for family in families.values():
+            family.samples = [self._with_exemplar(sample) for sample in family.samples]
         if resource is not None:
             info = InfoMetricFamily("target", "Target metadata")
             info.add_metric([], _labels(resource.attributes))
             yield info
         yield from families.values()
+
+
+    def _with_exemplar(self, sample: Any) -> Any:
+        key = (sample.name, frozenset(sample.labels.items()))
+        if sample.exemplar is not None:
+            self._exemplars[key] = sample.exemplar
+            return sample
+        kept = self._exemplars.get(key)
+        return sample._replace(exemplar=kept) if kept is not None else sample
 
 
 def _translate(metric: Metric, families: dict[str, PromMetric]) -> None:

@@ -166,12 +166,13 @@ class Telemetry:
         return [_stash_trace_headers(), otel, _restore_trace_headers()]
 
     def begin(self, ex: Exchange, request: web.Request) -> None:
+        if self.instruments is None and self.spans is None:
+            return
+        ex.route_label = self._route_label(request, ex)
         if self.instruments is not None:
             self.instruments.begin(self._provider_label(ex.provider))
         if self.spans is not None:
-            self.spans.begin(
-                ex, request.headers, request.scheme, request.host, self._route_label(request, ex)
-            )
+            self.spans.begin(ex, request.headers, request.scheme, request.host, ex.route_label)
             if not self.traceresponse:
                 ex.traceresponse = ""
 
@@ -218,7 +219,6 @@ class Telemetry:
         template = resource.canonical if resource is not None else request.path
         if ex.provider in self._known_providers:
             template = template.replace("{provider}", ex.provider)
-        ex.route_label = template
         return template
 
 
