@@ -39,6 +39,26 @@ class BoundedValues:
         return value
 
 
+class LocalSums:
+    """Sums per label set, kept in a dict and reported through an observable instrument.
+
+    A synchronous OTel counter validates and hashes its attributes on every add (~10 µs); this
+    is a dict update on the request path, and the SDK sees one observation per series per
+    collection instead.
+    """
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def add(self, key: tuple[str, ...], amount: float = 1) -> None:
+        self._values[key] = self._values.get(key, 0) + amount
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        for key, value in list(self._values.items()):  # a copy: collection may run on another thread
+            yield Observation(value, dict(zip(self.labels, key, strict=True)))
+
+
 def upstream_error_type(record: AuditRecord) -> str:
     """A small fixed set: timeout, unreachable, http_4xx, http_5xx, stream_error."""
     if record.outcome is Outcome.TIMEOUT:
@@ -96,13 +116,22 @@ class Instruments:
             description="Duration of HTTP server requests.",
             explicit_bucket_boundaries_advisory=list(genai.HTTP_BUCKETS),
         )
-        self.requests = m.create_counter(
-            "llm_gateway.requests", unit="{request}", description="Requests by provider, model and outcome."
+        identity = ("team", "key_id") if self._identity else ()
+        self.requests = LocalSums(
+            ("provider", "model", "operation", "outcome", "status_class", "stream", *identity)
         )
-        self.tokens = m.create_counter(
+        m.create_observable_counter(
+            "llm_gateway.requests",
+            [self.requests.observe],
+            unit="{request}",
+            description="Requests by provider, model and outcome.",
+        )
+        self.tokens = LocalSums(("provider", "model", "token_type", *identity))
+        m.create_observable_counter(
             "llm_gateway.tokens",
+            [self.tokens.observe],
             unit="{token}",
-            description="Tokens by type (input, output, cache, reasoning).",
+            description="Tokens by type (input, output, cache_read, cache_write, reasoning).",
         )
         self.overhead = m.create_histogram(
             "llm_gateway.overhead",
@@ -110,22 +139,40 @@ class Instruments:
             description="Time spent in the gateway itself, excluding waits on the upstream and the client.",
             explicit_bucket_boundaries_advisory=list(genai.OVERHEAD_BUCKETS),
         )
-        self.upstream_errors = m.create_counter(
-            "llm_gateway.upstream.errors", unit="{error}", description="Upstream failures by type."
+        self.upstream_errors = LocalSums(("provider", "error_type"))
+        m.create_observable_counter(
+            "llm_gateway.upstream.errors",
+            [self.upstream_errors.observe],
+            unit="{error}",
+            description="Upstream failures by type.",
         )
-        self.active_requests = m.create_up_down_counter(
-            "llm_gateway.active_requests", unit="{request}", description="Requests in flight."
+        self.active_requests = LocalSums(("provider",))
+        m.create_observable_up_down_counter(
+            "llm_gateway.active_requests",
+            [self.active_requests.observe],
+            unit="{request}",
+            description="Requests in flight.",
         )
-        self.active_streams = m.create_up_down_counter(
-            "llm_gateway.active_streams", unit="{stream}", description="Streamed responses in flight."
+        self.active_streams = LocalSums(("provider",))
+        m.create_observable_up_down_counter(
+            "llm_gateway.active_streams",
+            [self.active_streams.observe],
+            unit="{stream}",
+            description="Streamed responses in flight.",
         )
-        self.traffic = m.create_counter(
+        self.traffic = LocalSums(("provider", "direction"))
+        m.create_observable_counter(
             "llm_gateway.traffic",
+            [self.traffic.observe],
             unit="By",
-            description="Bytes received from clients (in) and relayed (out).",
+            description="Bytes received from clients (in) and relayed to them (out).",
         )
-        self.findings = m.create_counter(
-            "llm_gateway.scanner.findings", unit="{finding}", description="Scanner findings by rule."
+        self.findings = LocalSums(("rule", "category", "severity", "location", "action"))
+        m.create_observable_counter(
+            "llm_gateway.scanner.findings",
+            [self.findings.observe],
+            unit="{finding}",
+            description="Scanner findings by rule.",
         )
         m.create_observable_gauge(
             "llm_gateway.audit.queue_depth",
@@ -152,37 +199,30 @@ class Instruments:
     # -- per exchange ---------------------------------------------------------------------------
 
     def begin(self, provider: str) -> None:
-        self.active_requests.add(1, {"provider": provider})
+        self.active_requests.add((provider,), 1)
 
     def stream_opened(self, provider: str) -> None:
-        self.active_streams.add(1, {"provider": provider})
+        self.active_streams.add((provider,), 1)
 
     def finish(
         self, ex: Exchange, record: AuditRecord, route_label: str, provider: str, context: Context | None
     ) -> None:
-        """Record every instrument for one finished exchange."""
-        self.active_requests.add(-1, {"provider": provider})
+        """Record every instrument for one finished exchange.
+
+        Only the duration histograms get the span context: they carry the exemplars, and an
+        exemplar costs a reservoir offer on every measurement that has one.
+        """
+        self.active_requests.add((provider,), -1)
         if ex.streamed:
-            self.active_streams.add(-1, {"provider": provider})
-        view = ex.view
+            self.active_streams.add((provider,), -1)
         model = self._model(record.requested_model) if record.requested_model else ""
         stream = "true" if record.stream else "false"
-        duration = record.duration_ms / 1000.0
-        gateway_attrs: dict[str, Any] = {"provider": provider, "model": model}
-        if self._identity:
-            gateway_attrs["team"] = self._team(record.team)
-            gateway_attrs["key_id"] = self._key(record.key_id)
+        identity = (self._team(record.team), self._key(record.key_id)) if self._identity else ()
+        outcome = str(record.outcome)
         self.requests.add(
-            1,
-            {
-                **gateway_attrs,
-                "operation": record.operation,
-                "outcome": str(record.outcome),
-                "status_class": f"{record.status // 100}xx",
-                "stream": stream,
-            },
-            context,
+            (provider, model, record.operation, outcome, f"{record.status // 100}xx", stream, *identity)
         )
+        duration = record.duration_ms / 1000.0
         http_attrs: dict[str, Any] = {
             genai.HTTP_METHOD: record.method if record.method in _HTTP_METHODS else "_OTHER",
             genai.HTTP_ROUTE: route_label,
@@ -194,28 +234,14 @@ class Instruments:
         self.overhead.record(
             max(duration - ex.upstream_wait - ex.client_wait, 0.0),
             {"provider": provider, "operation": record.operation, "stream": stream},
-            context,
         )
-        self.traffic.add(record.request_bytes, {"provider": provider, "direction": "in"})
-        self.traffic.add(record.response_bytes, {"provider": provider, "direction": "out"})
+        self.traffic.add((provider, "in"), record.request_bytes)
+        self.traffic.add((provider, "out"), record.response_bytes)
         if record.outcome in _UPSTREAM_FAILURES:
-            self.upstream_errors.add(1, {"provider": provider, "error_type": upstream_error_type(record)})
-        for finding in record.findings:
-            self.findings.add(
-                1,
-                {
-                    "rule": finding.rule,
-                    "category": finding.category,
-                    "severity": finding.severity,
-                    "location": "response" if finding.location.startswith("response") else "request",
-                    "action": finding.action,
-                },
-            )
-        self._tokens(record, gateway_attrs, context)
-        if view is not None and view.endpoint.gen_ai_operation:
-            self._gen_ai(ex, record, view.endpoint.gen_ai_operation, model, context)
-
-    def _tokens(self, record: AuditRecord, attrs: dict[str, Any], context: Context | None) -> None:
+            self.upstream_errors.add((provider, upstream_error_type(record)))
+        for f in record.findings:
+            location = "response" if f.location.startswith("response") else "request"
+            self.findings.add((f.rule, f.category, f.severity, location, f.action))
         usage = record.usage
         for token_type, count in (
             ("input", usage.input_tokens),
@@ -225,7 +251,10 @@ class Instruments:
             ("reasoning", usage.reasoning_tokens),
         ):
             if count:
-                self.tokens.add(count, {**attrs, "token_type": token_type}, context)
+                self.tokens.add((provider, model, token_type, *identity), count)
+        view = ex.view
+        if view is not None and view.endpoint.gen_ai_operation:
+            self._gen_ai(ex, record, view.endpoint.gen_ai_operation, model, context)
 
     def _gen_ai(
         self, ex: Exchange, record: AuditRecord, operation: str, model: str, context: Context | None
@@ -243,9 +272,10 @@ class Instruments:
         if address is not None:
             attrs[genai.SERVER_ADDRESS], attrs[genai.SERVER_PORT] = address
         usage = record.usage
-        for token_type, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-            if count is not None:
-                self.token_usage.record(count, {**attrs, genai.TOKEN_TYPE: token_type}, context)
+        if usage.input_tokens is not None:
+            self.token_usage.record(usage.input_tokens, {**attrs, genai.TOKEN_TYPE: "input"})
+        if usage.output_tokens is not None:
+            self.token_usage.record(usage.output_tokens, {**attrs, genai.TOKEN_TYPE: "output"})
         if ex.upstream_started is None:
             return  # rejected before the model call: no operation to time
         duration_attrs = attrs
@@ -253,11 +283,10 @@ class Instruments:
             duration_attrs = {**attrs, genai.ERROR_TYPE: record.error_type or "_OTHER"}
         self.operation_duration.record(ex.finished_at - ex.upstream_started, duration_attrs, context)
         if ex.streamed and ex.first_chunk is not None:
-            self.time_to_first_chunk.record(ex.first_chunk - ex.upstream_started, attrs, context)
+            self.time_to_first_chunk.record(ex.first_chunk - ex.upstream_started, attrs)
             output = usage.output_tokens or 0
             if output > 1:
-                per_token = (ex.finished_at - ex.first_chunk) / (output - 1)
-                self.time_per_output_token.record(per_token, attrs, context)
+                self.time_per_output_token.record((ex.finished_at - ex.first_chunk) / (output - 1), attrs)
 
     # -- audit observations -----------------------------------------------------------------------
 

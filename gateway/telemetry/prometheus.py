@@ -138,7 +138,6 @@ class _Families:
             yield info
         yield from families.values()
 
-
     def _with_exemplar(self, sample: Any) -> Any:
         key = (sample.name, frozenset(sample.labels.items()))
         if sample.exemplar is not None:
