@@ -33,8 +33,12 @@ def gateway_python() -> str:
     return python
 
 
-def gateway_config(workdir: Path, port: int, openai_url: str, stream_url: str) -> dict[str, Any]:
-    """What the benchmark runs: audit into embedded chDB, scanner on, no access log."""
+def gateway_config(
+    workdir: Path, port: int, openai_url: str, stream_url: str, telemetry: bool = False
+) -> dict[str, Any]:
+    """What the benchmark runs: audit into embedded chDB (its store in a child process, the
+    default), scanner on, no access log; telemetry off unless asked (bench.telemetry_overhead
+    measures what it adds)."""
     return {
         "server": {
             "host": "127.0.0.1",
@@ -49,6 +53,7 @@ def gateway_config(workdir: Path, port: int, openai_url: str, stream_url: str) -
         },
         "audit": {"dsn": f"chdb://{workdir / 'audit'}", "spool_dir": str(workdir / "spool")},
         "scanner": {"enabled": True},
+        "telemetry": {"enabled": telemetry},
     }
 
 
@@ -96,11 +101,15 @@ class Gateway:
         raise BenchError(f"the audit queue did not drain within {timeout_s:g}s: {stats}")
 
 
-def start_gateway(python: str, workdir: Path, port: int, openai_url: str, stream_url: str) -> Gateway:
+def start_gateway(
+    python: str, workdir: Path, port: int, openai_url: str, stream_url: str, telemetry: bool = False
+) -> Gateway:
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "gateway.yaml"
     # JSON is YAML: no YAML writer needed here.
-    config_path.write_text(json.dumps(gateway_config(workdir, port, openai_url, stream_url), indent=2))
+    config_path.write_text(
+        json.dumps(gateway_config(workdir, port, openai_url, stream_url, telemetry), indent=2)
+    )
     child = start(
         "gateway",
         [python, "-m", "gateway", "serve", "--config", str(config_path)],

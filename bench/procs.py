@@ -128,6 +128,11 @@ def cpu_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
+def children_peak_rss_mb(pid: int) -> float:
+    """Sum of VmHWM over the processes below `pid` (the audit store child), in MiB."""
+    return sum(peak_rss_mb(child) for child in descendants(pid) if child != pid)
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM (peak resident set) of `pid`, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

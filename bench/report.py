@@ -108,7 +108,9 @@ def markdown(results: dict[str, Any]) -> str:
     gw = results["gateway_process"]
     audit = gw["audit"]
     out.append(
-        f"Gateway process: peak RSS (VmHWM) {gw['peak_rss_mb']:.0f} MiB after all runs; idle CPU "
+        f"Gateway process: peak RSS (VmHWM) {gw['peak_rss_mb']:.0f} MiB after all runs "
+        f"(+ {gw.get('peak_rss_children_mb', 0):.0f} MiB in the audit store process); "
+        f"telemetry {'on' if gw.get('telemetry') else 'off'}; idle CPU "
         f"{gw['idle_cpu_percent']:.1f}%; audit rows written {audit.get('written', 0):,} + spooled "
         f"{audit.get('spooled', 0):,} for {gw['requests_completed']:,} requests completed through it "
         "(rows also cover requests cut off when a wrk run ends)."

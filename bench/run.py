@@ -27,7 +27,7 @@ from bench.curl_ttfb import locate_curl
 from bench.gateway_proc import REPO, Gateway, gateway_python, start_gateway
 from bench.nginx import locate_nginx, start_nginx
 from bench.payloads import CHAT_PATH, chat_request
-from bench.procs import BenchError, Child, free_port, peak_rss_mb, start
+from bench.procs import BenchError, Child, children_peak_rss_mb, free_port, peak_rss_mb, start
 from bench.scenarios import Endpoints, Plan, Session, idle_cpu_percent, non_streaming, sanity_check, streaming
 from bench.wrk import locate_wrk, run_wrk
 
@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FILE",
         help="after the measurements, record the gateway with py-spy under closed-loop load at "
         "the highest concurrency into FILE (speedscope JSON) and print its hotspots",
+    )
+    parser.add_argument(
+        "--telemetry", action="store_true", help="gateway telemetry on (default off: the proxy core alone)"
     )
     parser.add_argument("--skip-streaming", action="store_true", help="only the non-streaming measurements")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (configs, logs, chDB)")
@@ -171,7 +174,9 @@ def measure(args: argparse.Namespace, plan: Plan, workdir: Path) -> dict[str, An
         )
         sse.wait_listening(sse_port)
         direct_base, sse_base = f"http://127.0.0.1:{nginx_port}", f"http://127.0.0.1:{sse_port}"
-        gateway = start_gateway(tools["python"], workdir / "gateway", gateway_port, direct_base, sse_base)
+        gateway = start_gateway(
+            tools["python"], workdir / "gateway", gateway_port, direct_base, sse_base, args.telemetry
+        )
         stack.enter_context(running(gateway.child))
         endpoints = Endpoints(
             direct_chat=direct_base + CHAT_PATH,
@@ -191,6 +196,8 @@ def measure(args: argparse.Namespace, plan: Plan, workdir: Path) -> dict[str, An
         audit = gateway.wait_audit_drained()
         results["gateway_process"] = {
             "peak_rss_mb": round(peak_rss_mb(gateway.pid), 1),
+            "peak_rss_children_mb": round(children_peak_rss_mb(gateway.pid), 1),
+            "telemetry": args.telemetry,
             "idle_cpu_percent": round(idle, 2),
             "audit": audit,
             "requests_completed": session.gateway_requests,

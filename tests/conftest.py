@@ -52,6 +52,9 @@ def gateway_config(tmp_path: Path, emulator: Emulator, **sections: Any) -> Gatew
             "spool_dir": str(tmp_path / "spool"),
             "flush_interval_s": 0.05,
             "replay_interval_s": 0.1,
+            # In-process gateways start fast; `serve` tests (tests/e2e/test_cli.py) and
+            # tests/audit/test_process.py run the default child-process store.
+            "isolation": "thread",
         },
     }
     for key, value in sections.items():

@@ -30,6 +30,9 @@ class AuditSettings:
     payload_retention_days: int = 30
     replay_interval_s: float = 5.0
     max_queue: int = 100_000
+    # "process": the store runs in a child process, so ClickHouse work never holds the gateway's
+    # GIL (request latency); "thread": in the gateway process (no child processes).
+    isolation: str = "process"
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.dsn).scheme
@@ -58,6 +61,8 @@ class AuditSettings:
                 raise ValueError(f"audit.{name} must be 0 (keep forever) or a number of days")
         if not self.spool_dir:
             raise ValueError("audit.spool_dir must name a directory")
+        if self.isolation not in ("process", "thread"):
+            raise ValueError(f"audit.isolation must be process or thread, got {self.isolation!r}")
 
     @property
     def embedded(self) -> bool:

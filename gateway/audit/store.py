@@ -6,22 +6,41 @@ store thread.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from gateway.audit.schema import COLUMN_NAMES, COLUMN_TYPES, COLUMNS, migrate
+from gateway.audit.schema import COLUMN_NAMES, COLUMN_TYPES, COLUMNS, migrate, normalize_row
 from gateway.audit.settings import AuditSettings, chdb_path
+
+log = logging.getLogger(__name__)
 
 # Reads through `query` may not change data or the schema (the admin endpoint runs them),
 # but may set per-query settings (level 2).
 READONLY = 2
 _CONNECT_TIMEOUT_S = 10
 _SEND_RECEIVE_TIMEOUT_S = 120
+
+
+def table_rows(records: Iterable[Any]) -> tuple[list[dict[str, Any]], int]:
+    """(normalized table rows, count of records that could not become rows).
+
+    A record that cannot become a row (not an AuditRecord: a bug upstream) is logged and left
+    out, so one bad object never holds back the rest.
+    """
+    rows, unusable = [], 0
+    for record in records:
+        try:
+            rows.append(normalize_row(record.to_row()))
+        except Exception as exc:
+            unusable += 1
+            log.error("AUDIT: unusable record (%s) dropped: %s", type(record).__name__, type(exc).__name__)
+    return rows, unusable
 
 
 class AuditStoreClosed(RuntimeError):
@@ -90,6 +109,12 @@ class AuditStore:
             column_type_names=COLUMN_TYPES,  # spares a DESCRIBE per insert
             settings={"insert_deduplication_token": token},
         )
+
+    def insert_records(self, records: Sequence[Any], token: str) -> int:
+        """Build the rows of `records` and insert them; returns how many records were unusable."""
+        rows, unusable = table_rows(records)
+        self.insert(rows, token)
+        return unusable
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a read-only query; `{name:Type}` placeholders are bound server-side from `parameters`."""

@@ -6,7 +6,9 @@ spooled behind it and the spool is replayed oldest first. Each batch carries a d
 token, so a batch replayed after an insert that did land (but looked failed) is not doubled.
 
 Threads: one for the store (chDB is blocking and its client not thread-safe), one for spool
-files. Records become rows on those threads, not on the event loop.
+files. Records become rows on those threads, not on the event loop. With `audit.isolation:
+process` (the default) the store itself runs in a child process (gateway/audit/process.py) and
+the store thread only hands it rows.
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from gateway.audit.process import ProcessStore
 from gateway.audit.record import AuditRecord
 from gateway.audit.schema import normalize_row
 from gateway.audit.settings import AuditSettings
 from gateway.audit.spool import Spool
-from gateway.audit.store import AuditStore
+from gateway.audit.store import AuditStore, table_rows
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-StoreFactory = Callable[[AuditSettings], AuditStore]
+Store = AuditStore | ProcessStore
+StoreFactory = Callable[[AuditSettings], Store]
 
 # While a store call is in flight, how often to check whether the queue overflows max_queue.
 _OVERFLOW_CHECK_S = 0.05
@@ -74,26 +78,24 @@ class _Batch:
     def rows(self) -> list[dict[str, Any]]:
         """The table rows, built once on whichever worker thread needs them first."""
         if self._rows is None:
-            rows = []
-            for record in self.records:
-                try:
-                    rows.append(normalize_row(record.to_row()))
-                except Exception as exc:  # one bad object must not hold back the rest
-                    self.unusable += 1
-                    log.error(
-                        "AUDIT: unusable record (%s) dropped: %s", type(record).__name__, type(exc).__name__
-                    )
-            self._rows = rows
+            self._rows, self.unusable = table_rows(self.records)
         return self._rows
+
+
+def default_store_factory(settings: AuditSettings) -> StoreFactory:
+    """The store as `audit.isolation` says: in a child process or on a thread of this one."""
+    if settings.isolation == "process":
+        return ProcessStore
+    return AuditStore
 
 
 class AuditWriter:
     """Batches audit records into the store off the event loop, spooling to disk when it fails."""
 
-    def __init__(self, settings: AuditSettings, store_factory: StoreFactory = AuditStore) -> None:
+    def __init__(self, settings: AuditSettings, store_factory: StoreFactory | None = None) -> None:
         self.settings = settings
-        self._store_factory = store_factory
-        self._store: AuditStore | None = None
+        self._store_factory = store_factory or default_store_factory(settings)
+        self._store: Store | None = None
         self._spool: Spool | None = None
         self._queue: deque[tuple[float, AuditRecord]] = deque()
         self._pending: deque[_Batch] = deque()  # cut, not yet placed; in order
@@ -243,7 +245,7 @@ class AuditWriter:
             await self._replay()
 
     async def _open_store(self) -> None:
-        def open_store() -> AuditStore:
+        def open_store() -> Store:
             store = self._store_factory(self.settings)
             store.open()
             return store
@@ -272,10 +274,11 @@ class AuditWriter:
         while self._pending:
             batch = self._pending[0]
             if self._store is not None and not self._spool_backlog():
-                if await self._insert(batch.rows, batch.token):
+                unusable = await self._insert_records(batch)
+                if unusable is not None:
                     self._pending.popleft()
-                    self._written += len(batch.rows())
-                    self._dropped += batch.unusable
+                    self._written += len(batch) - unusable
+                    self._dropped += unusable
                     continue
                 self._back_off()
             if not await self._to_spool(batch):
@@ -319,6 +322,18 @@ class AuditWriter:
             return False
         self._last_error = ""
         return True
+
+    async def _insert_records(self, batch: _Batch) -> int | None:
+        """Insert a batch (the store builds the rows); the count of unusable records, or None on failure."""
+        store = self._store
+        assert store is not None
+        try:
+            unusable: int = await self._on_store(store.insert_records, batch.records, batch.token, spill=True)
+        except Exception as exc:
+            self._note_error("insert", exc)
+            return None
+        self._last_error = ""
+        return unusable
 
     async def _to_spool(self, batch: _Batch) -> bool:
         assert self._spool is not None

@@ -21,6 +21,7 @@ def settings(tmp_path: Path) -> AuditSettings:
         batch_size=50,
         flush_interval_s=0.02,
         replay_interval_s=0.05,
+        isolation="thread",  # the writer's semantics; tests/audit/test_process.py covers "process"
     )
 
 
