@@ -142,10 +142,6 @@ class Telemetry:
             else None
         )
 
-    @property
-    def tracing(self) -> bool:
-        return self.spans is not None
-
     def watch_audit(self, stats: Any) -> None:
         """Observe the audit writer's queue, spool and counters (a callable returning WriterStats)."""
         if self.instruments is not None:
@@ -172,15 +168,19 @@ class Telemetry:
         return [_stash_trace_headers(), otel, _restore_trace_headers()]
 
     def begin(self, ex: Exchange, request: web.Request) -> None:
+        """Start the SERVER span and count the request in flight; never raises into the request path."""
         if self.instruments is None and self.spans is None:
             return
-        ex.route_label = self._route_label(request, ex)
-        if self.instruments is not None:
-            self.instruments.begin(self._provider_label(ex.provider))
-        if self.spans is not None:
-            self.spans.begin(ex, request.headers, request.scheme, request.host, ex.route_label)
-            if not self.traceresponse:
-                ex.traceresponse = ""
+        try:
+            ex.route_label = self._route_label(request, ex)
+            if self.instruments is not None:
+                self.instruments.begin(self._provider_label(ex.provider))
+            if self.spans is not None:
+                self.spans.begin(ex, request.headers, request.scheme, request.host, ex.route_label)
+                if not self.traceresponse:
+                    ex.traceresponse = ""
+        except Exception:
+            log.exception("telemetry for %s failed to start", ex.request_id)
 
     def model_call(self, ex: Exchange) -> Any:
         """A context manager around sending the request upstream (the GenAI span is current in it)."""
