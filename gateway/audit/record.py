@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import operator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -87,6 +88,29 @@ class AuditRecord:
     client_address: str = ""
     user_agent: str = ""
 
+    def to_wire(self) -> tuple[Any, ...]:
+        """A tuple of plain values (inverse: `from_wire`): about 4 times cheaper to pickle than the record.
+
+        How records cross to the audit store process (gateway/audit/process.py).
+        """
+        u = self.usage
+        return (
+            _plain_fields(self),
+            self.outcome.value,
+            (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens),
+            tuple((f.rule, f.category, f.severity, f.location, f.action) for f in self.findings),
+        )
+
+    @classmethod
+    def from_wire(cls, wire: tuple[Any, ...]) -> AuditRecord:
+        plain, outcome, usage, findings = wire
+        return cls(
+            **dict(zip(_PLAIN_FIELDS, plain, strict=True)),
+            outcome=Outcome(outcome),
+            usage=Usage(*usage),
+            findings=tuple(Finding(*f) for f in findings),
+        )
+
     def to_row(self) -> dict[str, Any]:
         """Flatten into the column names of the audit table."""
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -143,3 +167,9 @@ class AuditRecord:
         kwargs = {k: v for k, v in row.items() if k in names}
         kwargs["outcome"] = Outcome(kwargs["outcome"])
         return cls(ts=ts, usage=usage, findings=findings, **kwargs)
+
+
+_PLAIN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(AuditRecord) if f.name not in ("outcome", "usage", "findings")
+)
+_plain_fields = operator.attrgetter(*_PLAIN_FIELDS)

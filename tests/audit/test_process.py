@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit.process import AuditStoreProcessError, ProcessStore
-from gateway.audit.record import AuditRecord
+from gateway.audit.record import AuditRecord, Outcome, Usage
 from gateway.audit.schema import normalize_row
 from gateway.audit.settings import AuditSettings
 from gateway.audit.store import AuditStore
@@ -106,3 +107,16 @@ def test_the_child_exits_when_the_gateway_dies(process_settings: AuditSettings, 
     store = AuditStore(process_settings)  # the directory lock went with it
     store.open()
     store.close()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        make_record(1),
+        make_record(2, usage=Usage(), findings=(), ttfb_ms=None, request_preview=""),
+        make_record(3, outcome=Outcome.CLIENT_DISCONNECTED, stream=True, error_type="client_disconnected"),
+    ],
+)
+def test_records_cross_to_the_store_process_unchanged(record: AuditRecord) -> None:
+    wire = pickle.loads(pickle.dumps(record.to_wire()))
+    assert AuditRecord.from_wire(wire) == record
