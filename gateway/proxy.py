@@ -168,6 +168,8 @@ async def forward_and_relay(
             ErrorCode.UPSTREAM_UNREACHABLE,
             f"the {route.config.name} upstream is unreachable ({type(exc).__name__})",
         ) from exc
+    finally:  # connecting and waiting for the headers, answered or not, is the upstream's time
+        ex.upstream_wait += time.perf_counter() - ex.upstream_started
     try:
         return await relay(gw, route, request, view, ex, upstream, stream_filter)
     finally:
@@ -185,7 +187,6 @@ async def relay(
 ) -> web.StreamResponse:
     """Decided at response-headers time: stream or not. Bytes go out as they arrive."""
     ex.first_byte = time.perf_counter()
-    ex.upstream_wait += ex.first_byte - (ex.upstream_started or ex.first_byte)
     ex.status = upstream.status
     streaming = ex.streamed = upstream.content_type == "text/event-stream"
     if streaming:
@@ -216,9 +217,9 @@ async def relay(
     idle = route.timeouts.idle_s
     complete = False
     clock = time.perf_counter
+    waiting = clock()
     try:
         async with asyncio.timeout_at(loop.time() + idle) as idle_timer:
-            waiting = clock()
             async for chunk in upstream.content.iter_any():
                 arrived = clock()
                 ex.upstream_wait += arrived - waiting
@@ -239,6 +240,7 @@ async def relay(
             await response.write(rest)
         complete = True
     except TimeoutError:
+        ex.upstream_wait += clock() - waiting  # the idle wait that timed out was the upstream's
         err = idle_timeout_error(route)
         await end_with_error(route.adapter, request, response, ex, streaming, err, "idle_timeout")
     except (aiohttp.ClientError, ConnectionResetError):
@@ -267,6 +269,7 @@ async def relay_small_body(
 
     Same bytes as the streaming relay, but half the syscalls — the largest per-request cost measured.
     """
+    reading = time.perf_counter()
     try:
         async with asyncio.timeout(route.timeouts.idle_s):
             body = await upstream.read()
@@ -274,7 +277,8 @@ async def relay_small_body(
         raise idle_timeout_error(route) from None
     except aiohttp.ClientError as exc:
         raise broken_response_error(route) from exc
-    ex.upstream_wait += time.perf_counter() - (ex.first_byte or 0.0)
+    finally:
+        ex.upstream_wait += time.perf_counter() - reading
     observer.feed(body)
     ex.summary = observer.summary()
     ex.relayed.update(body)

@@ -192,3 +192,15 @@ async def test_metrics_endpoint_404_when_prometheus_is_off(make_gateway: Any) ->
 )
 def test_prometheus_names_follow_the_otel_compatibility_rules(name: str, unit: str, expected: str) -> None:
     assert prometheus_name(name, unit)[0] == expected
+
+
+async def test_waiting_on_an_upstream_that_times_out_is_not_gateway_overhead(
+    make_gateway: Any, in_memory: Any, captured: Captured
+) -> None:
+    gw: RunningGateway = await make_gateway(with_telemetry=in_memory, timeouts={"first_byte_s": 0.3})
+    slow = openai_client(gw.url("openai"), {"x-emulator-scenario": "slow-first-byte:2"})
+    with pytest.raises(openai.APIStatusError):
+        await slow.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    (overhead,) = captured.points("llm_gateway.overhead")
+    (http,) = captured.points(genai.METRIC_HTTP_SERVER_DURATION)
+    assert http.sum >= 0.3 and overhead.sum < 0.1
