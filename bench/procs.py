@@ -116,21 +116,54 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and its descendants (all threads included), in seconds."""
-    total = 0
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """CPU seconds (user + system, all threads) of a process and of the processes below it."""
+
+    own_s: float
+    children_s: float  # the gateway's audit store child, for instance
+
+    @property
+    def total_s(self) -> float:
+        return self.own_s + self.children_s
+
+    def __sub__(self, earlier: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.own_s - earlier.own_s, self.children_s - earlier.children_s)
+
+
+def cpu_times(pid: int) -> CpuTimes:
+    """CPU time of `pid`, and of its live descendants, so far.
+
+    A descendant that exited during a measurement takes its CPU time with it (a replaced audit
+    store child, say): the children's share is then understated.
+    """
+    own, children = 0, 0
     for proc in descendants(pid):
         try:
             fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
-    return total / CLOCK_TICKS
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+        if proc == pid:
+            own += ticks
+        else:
+            children += ticks
+    return CpuTimes(own / CLOCK_TICKS, children / CLOCK_TICKS)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its descendants (all threads included), in seconds."""
+    return cpu_times(pid).total_s
 
 
 def children_peak_rss_mb(pid: int) -> float:
     """Sum of VmHWM over the processes below `pid` (the audit store child), in MiB."""
-    return sum(peak_rss_mb(child) for child in descendants(pid) if child != pid)
+    total = 0.0
+    for child in descendants(pid):
+        if child != pid:
+            with contextlib.suppress(OSError):  # exited since descendants() listed it
+                total += peak_rss_mb(child)
+    return total
 
 
 def peak_rss_mb(pid: int) -> float:

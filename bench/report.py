@@ -23,6 +23,16 @@ def _saturated(row: dict[str, Any]) -> bool:
     return bool(row["gateway"]["rps"] < SATURATION_SHARE * row["offered_rps"])
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    """CPU ms per request: the total, and how it splits between the gateway process and its
+    children (the audit store process)."""
+    total = f"{row['gateway_cpu_ms_per_request']:.3f}"
+    if "gateway_process_cpu_ms_per_request" not in row:  # results from before the split
+        return total
+    own, children = row["gateway_process_cpu_ms_per_request"], row["gateway_children_cpu_ms_per_request"]
+    return f"{total} ({own:.3f} + {children:.3f})"
+
+
 def _target(row: dict[str, Any]) -> str:
     if row["concurrency"] != TARGET_CONCURRENCY:
         return "saturated" if _saturated(row) else ""
@@ -43,19 +53,21 @@ def markdown(results: dict[str, Any]) -> str:
     out.append("**Non-streaming `POST /v1/chat/completions` (1 KB request), peak throughput (closed loop)**")
     out.append("")
     out.append(
-        "| conc. | direct rps | gateway rps | gateway p50 / p99 ms | gateway CPU ms/req (= s per 1k req) |"
+        "| conc. | direct rps | gateway rps | gateway p50 / p99 ms "
+        "| gateway CPU ms/req (= s per 1k req): total (process + audit child) |"
     )
     out.append("|---:|---:|---:|---:|---:|")
     for row in ns["peak"]:
         out.append(
             f"| {row['concurrency']} | {row['direct']['rps']:,.0f} | {row['gateway']['rps']:,.0f} | "
-            f"{_pair(row['gateway'])} | {row['gateway_cpu_ms_per_request']:.3f} |"
+            f"{_pair(row['gateway'])} | {_cpu(row)} |"
         )
     out.append("")
     out.append("**Non-streaming latency at fixed offered rates (paced, not CO-corrected); ms as p50 / p99**")
     out.append("")
     out.append(
-        "| conc. | offered rps | gateway achieved rps | direct | gateway | added | gateway CPU ms/req "
+        "| conc. | offered rps | gateway achieved rps | direct | gateway | added "
+        "| gateway CPU ms/req: total (process + audit child) "
         f"| note; target at c={TARGET_CONCURRENCY} (added p50 < {TARGET_ADDED_P50_MS:g}, "
         f"p99 < {TARGET_ADDED_P99_MS:g}) |"
     )
@@ -65,7 +77,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['concurrency']} | {row['offered_rps']:,.0f} | {row['gateway']['rps']:,.0f} | "
             f"{_pair(row['direct'])} | {_pair(row['gateway'])} | "
             f"{_ms(row['added_p50_ms'])} / {_ms(row['added_p99_ms'])} | "
-            f"{row['gateway_cpu_ms_per_request']:.3f} | {_target(row)} |"
+            f"{_cpu(row)} | {_target(row)} |"
         )
     out.append("")
     st = results["streaming"]
@@ -78,7 +90,7 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("")
         out.append(
             "| variant | direct streams/s | gateway streams/s | direct MB/s | gateway MB/s "
-            "| direct duration | gateway duration | gateway CPU ms/stream |"
+            "| direct duration | gateway duration | gateway CPU ms/stream: total (process + audit child) |"
         )
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for row in st["load"]:
@@ -86,7 +98,7 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(
                 f"| {row['variant']} | {d['rps']:,.0f} | {g['rps']:,.0f} | "
                 f"{d['bytes'] / d['duration_s'] / 1e6:.2f} | {g['bytes'] / g['duration_s'] / 1e6:.2f} | "
-                f"{_pair(d)} | {_pair(g)} | {row['gateway_cpu_ms_per_request']:.3f} |"
+                f"{_pair(d)} | {_pair(g)} | {_cpu(row)} |"
             )
         out.append("")
     if st["ttfb"]:
@@ -107,9 +119,10 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("")
     gw = results["gateway_process"]
     audit = gw["audit"]
+    own_mb, children_mb = gw["peak_rss_mb"], gw.get("peak_rss_children_mb", 0.0)
     out.append(
-        f"Gateway process: peak RSS (VmHWM) {gw['peak_rss_mb']:.0f} MiB after all runs "
-        f"(+ {gw.get('peak_rss_children_mb', 0):.0f} MiB in the audit store process); "
+        f"Peak RSS (VmHWM) after all runs: gateway process {own_mb:.0f} MiB + audit store process "
+        f"{children_mb:.0f} MiB = {own_mb + children_mb:.0f} MiB; "
         f"telemetry {'on' if gw.get('telemetry') else 'off'}; idle CPU "
         f"{gw['idle_cpu_percent']:.1f}%; audit rows written {audit.get('written', 0):,} + spooled "
         f"{audit.get('spooled', 0):,} for {gw['requests_completed']:,} requests completed through it "

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.curl_ttfb import curl_transfers, percentile
 from bench.gateway_proc import Gateway
-from bench.procs import BenchError, cpu_seconds
+from bench.procs import BenchError, CpuTimes, cpu_seconds, cpu_times
 from bench.wrk import WrkResult, run_wrk
 
 
@@ -48,14 +48,22 @@ class Endpoints:
 
 @dataclass(frozen=True, slots=True)
 class GatewayRun:
-    """A wrk run through the gateway with the gateway's CPU time over the run (audit drained)."""
+    """A wrk run through the gateway with the gateway's CPU time over the run (audit drained):
+    its own process and its children (the audit store process)."""
 
     wrk: WrkResult
-    cpu_s: float
+    cpu: CpuTimes
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu.total_s
 
     @property
     def cpu_ms_per_request(self) -> float:
-        return self.cpu_s * 1000 / self.wrk.requests if self.wrk.requests else float("nan")
+        return self.per_request_ms(self.cpu.total_s)
+
+    def per_request_ms(self, cpu_s: float) -> float:
+        return cpu_s * 1000 / self.wrk.requests if self.wrk.requests else float("nan")
 
 
 @dataclass
@@ -103,10 +111,10 @@ class Session:
     ) -> GatewayRun:
         """Gateway CPU is read before wrk starts and after the audit queue has drained."""
         self.gateway.wait_audit_drained()
-        before = cpu_seconds(self.gateway.pid)
+        before = cpu_times(self.gateway.pid)
         result = run_wrk(self.wrk, url, body, connections, duration_s, self.plan.wrk_threads, rate, headers)
         self.gateway.wait_audit_drained()
-        cpu = cpu_seconds(self.gateway.pid) - before
+        cpu = cpu_times(self.gateway.pid) - before
         self.gateway_requests += result.requests
         self.check(f"gateway {label}", result)
         return GatewayRun(result, cpu)
@@ -245,6 +253,9 @@ def _row(concurrency: int, direct: WrkResult, via: GatewayRun) -> dict[str, Any]
         "gateway_cpu_s": round(via.cpu_s, 3),
         "gateway_cpu_ms_per_request": round(via.cpu_ms_per_request, 4),
         "gateway_cpu_s_per_1k_requests": round(via.cpu_ms_per_request, 4),  # ms/request == s/1000 requests
+        # the total above = the gateway process + its children (the audit store process)
+        "gateway_process_cpu_ms_per_request": round(via.per_request_ms(via.cpu.own_s), 4),
+        "gateway_children_cpu_ms_per_request": round(via.per_request_ms(via.cpu.children_s), 4),
         "added_p50_ms": round(via.wrk.p50_ms - direct.p50_ms, 3),
         "added_p99_ms": round(via.wrk.p99_ms - direct.p99_ms, 3),
     }

@@ -18,6 +18,13 @@ class AuditSettings:
     `chdb:///abs/dir`) or `http(s)://user:pass@host:8123[/db]` (a ClickHouse server; a
     database named in the URL path overrides `database`). A retention of 0 days keeps rows
     (or payloads) forever.
+
+    `isolation` is where the store runs. `process` (the default): in a child process of the
+    gateway (spawned, never forked), so ClickHouse work and row building never hold the
+    gateway's GIL and stall its event loop; a child that dies, or does not answer one call
+    within `process_timeout_s` (opening gets at least 120 s), is killed, the batch is spooled,
+    and the next call starts a new child. `thread`: on a thread of the gateway process, for
+    environments where subprocesses are unwanted (it costs request latency under load).
     """
 
     dsn: str = "chdb://./data/audit"
@@ -30,9 +37,8 @@ class AuditSettings:
     payload_retention_days: int = 30
     replay_interval_s: float = 5.0
     max_queue: int = 100_000
-    # "process": the store runs in a child process, so ClickHouse work never holds the gateway's
-    # GIL (request latency); "thread": in the gateway process (no child processes).
     isolation: str = "process"
+    process_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.dsn).scheme
@@ -53,7 +59,7 @@ class AuditSettings:
         for name in ("batch_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"audit.{name} must be at least 1")
-        for name in ("flush_interval_s", "replay_interval_s"):
+        for name in ("flush_interval_s", "replay_interval_s", "process_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"audit.{name} must be a positive number of seconds")
         for name in ("metadata_retention_days", "payload_retention_days"):
@@ -89,6 +95,14 @@ class AuditSettings:
             return self.dsn
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
         return parts._replace(netloc=netloc).geturl()
+
+    def redact(self, text: str) -> str:
+        """`text` (an error message) with the DSN's password, as written or URL-decoded, replaced."""
+        password = urlsplit(self.dsn).password
+        for secret in (password, unquote(password or "")):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
 
 def chdb_path(dsn: str) -> str:

@@ -7,14 +7,16 @@ store thread.
 from __future__ import annotations
 
 import logging
+import operator
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from gateway.audit.record import AuditRecord
 from gateway.audit.schema import COLUMN_NAMES, COLUMN_TYPES, COLUMNS, migrate, normalize_row
 from gateway.audit.settings import AuditSettings, chdb_path
 
@@ -27,7 +29,9 @@ _CONNECT_TIMEOUT_S = 10
 _SEND_RECEIVE_TIMEOUT_S = 120
 
 
-def table_rows(records: Iterable[Any]) -> tuple[list[dict[str, Any]], int]:
+def table_rows(
+    records: Iterable[Any], to_row: Callable[[Any], dict[str, Any]] = operator.methodcaller("to_row")
+) -> tuple[list[dict[str, Any]], int]:
     """(normalized table rows, count of records that could not become rows).
 
     A record that cannot become a row (not an AuditRecord: a bug upstream) is logged and left
@@ -36,7 +40,7 @@ def table_rows(records: Iterable[Any]) -> tuple[list[dict[str, Any]], int]:
     rows, unusable = [], 0
     for record in records:
         try:
-            rows.append(normalize_row(record.to_row()))
+            rows.append(normalize_row(to_row(record)))
         except Exception as exc:
             unusable += 1
             log.error("AUDIT: unusable record (%s) dropped: %s", type(record).__name__, type(exc).__name__)
@@ -115,6 +119,17 @@ class AuditStore:
         rows, unusable = table_rows(records)
         self.insert(rows, token)
         return unusable
+
+    def insert_wire(self, wires: Sequence[tuple[Any, ...]], token: str) -> int:
+        """`insert_records` for records sent as `AuditRecord.to_wire()` tuples; returns the unusable count."""
+        rows, unusable = table_rows(wires, AuditRecord.row_from_wire)
+        self.insert(rows, token)
+        return unusable
+
+    def insert_spooled(self, rows: Sequence[Mapping[str, Any]], token: str) -> None:
+        """Insert rows read back from the spool, normalized again (the file may come from another
+        version of the gateway)."""
+        self.insert([normalize_row(dict(row)) for row in rows], token)
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a read-only query; `{name:Type}` placeholders are bound server-side from `parameters`."""

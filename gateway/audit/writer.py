@@ -7,8 +7,8 @@ token, so a batch replayed after an insert that did land (but looked failed) is 
 
 Threads: one for the store (chDB is blocking and its client not thread-safe), one for spool
 files. Records become rows on those threads, not on the event loop. With `audit.isolation:
-process` (the default) the store itself runs in a child process (gateway/audit/process.py) and
-the store thread only hands it rows.
+process` (the default) the store itself runs in a child process (gateway/audit/process.py): the
+store thread only hands it records as plain tuples, and the child builds the rows.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from gateway.audit.process import ProcessStore
 from gateway.audit.record import AuditRecord
@@ -293,8 +291,7 @@ class AuditWriter:
             item = await self._on_spool(self._spool.oldest)
             if item is None:
                 return
-            # Normalized again: the file may come from another version of the gateway.
-            if not await self._insert(partial(_normalized, item.rows), item.token):
+            if not await self._insert_spooled(item.rows, item.token):
                 self._back_off()
                 return
             try:
@@ -308,15 +305,13 @@ class AuditWriter:
             self._cut_batches(force=False)
             await self._place_pending()
 
-    async def _insert(self, rows: Callable[[], list[dict[str, Any]]], token: str) -> bool:
+    async def _insert_spooled(self, rows: list[dict[str, Any]], token: str) -> bool:
+        """Insert rows read back from the spool (the store normalizes them: the file may come from
+        another version of the gateway)."""
         store = self._store
         assert store is not None
-
-        def insert() -> None:
-            store.insert(rows(), token)
-
         try:
-            await self._on_store(insert, spill=True)
+            await self._on_store(store.insert_spooled, rows, token, spill=True)
         except Exception as exc:
             self._note_error("insert", exc)
             return False
@@ -398,17 +393,6 @@ class AuditWriter:
 
     def _note_error(self, action: str, exc: BaseException) -> None:
         """Record and log a failure by type and message only: never row contents or credentials."""
-        message = " ".join(str(exc).split())[:_ERROR_CHARS]
-        password = _dsn_password(self.settings.dsn)
-        if password:
-            message = message.replace(password, "***")
+        message = self.settings.redact(" ".join(str(exc).split()))[:_ERROR_CHARS]
         self._last_error = f"{action}: {type(exc).__name__}: {message}"
         log.error("audit %s failed: %s: %s", action, type(exc).__name__, message)
-
-
-def _normalized(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [normalize_row(row) for row in rows]
-
-
-def _dsn_password(dsn: str) -> str:
-    return urlsplit(dsn).password or ""

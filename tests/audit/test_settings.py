@@ -14,6 +14,7 @@ def test_defaults() -> None:
     assert settings.qualified_table == "`llm_gateway`.`audit_log`"
     assert (settings.batch_size, settings.max_queue) == (1000, 100_000)
     assert (settings.metadata_retention_days, settings.payload_retention_days) == (365, 30)
+    assert (settings.isolation, settings.process_timeout_s) == ("process", 300.0)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,12 @@ def test_redacted_dsn_hides_the_password() -> None:
     assert AuditSettings().redacted_dsn() == "chdb://./data/audit"
 
 
+def test_redact_removes_the_password_from_any_text() -> None:
+    settings = AuditSettings(dsn="https://writer:p%40ss@ch.example:8443/audit")
+    assert settings.redact("auth p%40ss failed for p@ss") == "auth *** failed for ***"
+    assert AuditSettings().redact("no password here") == "no password here"
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -52,6 +59,8 @@ def test_redacted_dsn_hides_the_password() -> None:
         ({"batch_size": 0}, "audit.batch_size"),
         ({"flush_interval_s": 0}, "audit.flush_interval_s"),
         ({"payload_retention_days": -1}, "audit.payload_retention_days"),
+        ({"isolation": "fork"}, "audit.isolation must be process or thread"),
+        ({"process_timeout_s": 0}, "audit.process_timeout_s"),
     ],
 )
 def test_invalid_settings_say_what_to_fix(changes: dict[str, object], message: str) -> None:
