@@ -1,209 +1,218 @@
-"""The deployable stack, checked without Docker: every file parses and the pieces agree with each other
-(ports, mounts, image pins, datasource uids, probes, labels) and with the gateway itself."""
+"""The compose stack, the gateway image and the image pins, checked without Docker: every file parses
+and the pieces agree with each other and with the gateway itself.
+
+The collector and Prometheus are in test_collector.py, Grafana in test_grafana.py, Kubernetes in
+test_k8s.py; tests/deploy/stack.py reads the files.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-from pathlib import Path
-from typing import Any
+import tomllib
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 import pytest
-import yaml
-from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import build_app
-from gateway.config import load_config
-
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
-K8S = DEPLOY / "k8s"
-PINNED = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+(\.\d+)?(-[\w.]+)?$")  # exact version, no latest
-
-
-def load(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
-
-
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = load(DEPLOY / "docker-compose.yml")
-    return data
-
-
-def k8s(kind: str) -> dict[str, Any]:
-    for path in sorted(K8S.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == kind and path.name != "secret.example.yaml":
-                return doc  # type: ignore[no-any-return]
-    raise AssertionError(f"no {kind} in deploy/k8s")
+from gateway.config import GatewayConfig, load_config
+from tests.deploy import stack
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLICKHOUSE_PASSWORD", "test-password")
+def clickhouse_password(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The variable the gateway configs interpolate, as compose and the k8s Secret set it."""
+    monkeypatch.setenv("CLICKHOUSE_PASSWORD", "0123abcd")
+    return "0123abcd"
+
+
+def compose_gateway_config() -> GatewayConfig:
+    gateway = stack.services()["gateway"]
+    (source,) = [src for src, dst, _ in stack.bind_mounts(gateway) if dst == "/etc/llm-gateway/gateway.yaml"]
+    return load_config(source)
+
+
+def project_version() -> str:
+    version: str = tomllib.loads((stack.REPO / "pyproject.toml").read_text())["project"]["version"]
+    return version
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+
+def all_images() -> list[tuple[str, str]]:
+    """(where, image) of every image the stack runs or builds on."""
+    images = [(f"compose {name}", s["image"]) for name, s in stack.services().items() if "image" in s]
+    images += [
+        ("Dockerfile FROM", args.split()[0])
+        for name, args in stack.dockerfile_instructions()
+        if name == "FROM"
+    ]
+    images.append(("k8s Deployment", stack.k8s_container()["image"]))
+    for entry in stack.load_yaml(stack.K8S / "kustomization.yaml").get("images", ()):
+        images.append(("kustomization images", f"{entry.get('newName', entry['name'])}:{entry['newTag']}"))
+    return images
+
+
+def test_every_image_is_pinned_to_an_exact_version() -> None:
+    unpinned = [(where, image) for where, image in all_images() if not stack.PINNED_IMAGE.match(image)]
+    assert not unpinned, f"images without an exact version tag: {unpinned}"
+    assert all("latest" not in image for _, image in all_images())
+
+
+def test_the_gateway_image_is_tagged_with_the_project_version() -> None:
+    version = project_version()
+    gateway_images = [image for where, image in all_images() if "llm-gateway" in image]
+    assert gateway_images and all(image.endswith(f":{version}") for image in gateway_images), gateway_images
+
+
+def test_the_grafana_plugin_is_pinned() -> None:
+    plugins = stack.services()["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
+    assert re.fullmatch(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugins), plugins
 
 
 # -- compose --------------------------------------------------------------------------------------
 
 
-def test_compose_has_the_whole_stack_with_pinned_images() -> None:
-    services = compose()["services"]
-    assert set(services) == {"gateway", "otel-collector", "jaeger", "prometheus", "grafana", "clickhouse"}
-    for name, service in services.items():
-        if "build" in service:
-            assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
-            continue
-        assert PINNED.match(service["image"]), f"{name}: image {service['image']} is not pinned"
-    plugin = services["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
-    assert re.fullmatch(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugin)
+def test_compose_runs_the_whole_stack() -> None:
+    assert set(stack.services()) == {
+        "gateway",
+        "otel-collector",
+        "jaeger",
+        "prometheus",
+        "grafana",
+        "clickhouse",
+    }
+    gateway = stack.services()["gateway"]
+    assert gateway["build"]["context"] == ".."
+    assert (
+        stack.DEPLOY / gateway["build"]["context"] / gateway["build"]["dockerfile"]
+    ).resolve() == stack.DOCKERFILE
 
 
-def test_compose_mounts_exist_and_ports_are_loopback_only() -> None:
-    for name, service in compose()["services"].items():
-        for volume in service.get("volumes", ()):
-            source = volume.split(":", 1)[0]
-            if source.startswith("."):
-                assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
+def test_compose_mounts_exist_and_config_mounts_are_read_only() -> None:
+    declared = set(stack.compose().get("volumes") or {})
+    for name, service in stack.services().items():
+        for source, target, read_only in stack.bind_mounts(service):
+            assert source.exists(), f"{name}: mounts {source}, which does not exist"
+            assert source.is_relative_to(stack.REPO), f"{name}: mounts {source} from outside the repository"
+            assert read_only, f"{name}: {target} is mounted read-write from the repository"
+        for volume in stack.named_mounts(service):
+            assert volume in declared, f"{name}: volume {volume} is not declared under volumes:"
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    for name, service in stack.services().items():
         for port in service.get("ports", ()):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is published beyond loopback"
 
 
-def test_gateway_container_config_port_dockerfile_and_probes_agree(env: None) -> None:
-    dockerfile = (DEPLOY / "Dockerfile").read_text()
-    (exposed,) = re.findall(r"^EXPOSE (\d+)$", dockerfile, re.M)
-    gateway = compose()["services"]["gateway"]
-    (mount,) = [v for v in gateway["volumes"] if v.endswith("/etc/llm-gateway/gateway.yaml:ro")]
-    config = load_config(DEPLOY / mount.split(":", 1)[0])
-    assert config.server.port == int(exposed)
-    assert gateway["ports"] == [f"127.0.0.1:{exposed}:{exposed}"]
-    assert config.audit.dsn.startswith("http://") and "test-password" in config.audit.dsn
-    assert "/etc/llm-gateway/gateway.yaml" in dockerfile and "/healthz" in dockerfile
-    assert gateway["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
-    grace = int(gateway["stop_grace_period"].rstrip("s"))
-    assert grace > config.server.shutdown_grace_s
+def test_compose_waits_only_on_health_checks_that_exist() -> None:
+    services = stack.services()
+    image_has_healthcheck = any(name == "HEALTHCHECK" for name, _ in stack.dockerfile_runtime_stage())
+    for name, service in services.items():
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            assert dependency in services, f"{name} depends on unknown service {dependency}"
+            if spec.get("condition") == "service_healthy":
+                other = services[dependency]
+                assert "healthcheck" in other or ("build" in other and image_has_healthcheck), (
+                    f"{name} waits for {dependency} to be healthy, but it has no health check"
+                )
 
 
-# -- collector ------------------------------------------------------------------------------------
+def test_compose_gateway_config_loads_and_matches_the_stack(clickhouse_password: str) -> None:
+    config = compose_gateway_config()
+    services = stack.services()
+    gateway, clickhouse = services["gateway"], services["clickhouse"]
+    assert config.server.host == "0.0.0.0"  # inside the container; published on loopback by compose
+    assert gateway["ports"] == [f"127.0.0.1:{config.server.port}:{config.server.port}"]
+    # The audit goes to the clickhouse service, as its user, into its database.
+    dsn = urlsplit(config.audit.dsn)
+    assert dsn.scheme in ("http", "https") and not config.audit.embedded
+    assert dsn.hostname == "clickhouse" and dsn.port == 8123
+    assert any(str(p).endswith(f":{dsn.port}") for p in clickhouse["ports"])
+    assert dsn.username == clickhouse["environment"]["CLICKHOUSE_USER"]
+    assert dsn.password == clickhouse_password
+    assert config.audit.target_database == clickhouse["environment"]["CLICKHOUSE_DB"]
+    # Every variable the config interpolates is in the gateway's environment.
+    needed = stack.required_env(stack.DEPLOY / "gateway.yaml")
+    assert needed <= set(gateway["environment"]), needed - set(gateway["environment"])
+    # State and spool live on the gateway's volume, so they survive a container restart.
+    (volume_path,) = stack.named_mounts(gateway).values()
+    for path in (config.server.state_dir, config.audit.spool_dir):
+        assert PurePosixPath(path).is_relative_to(volume_path), path
 
 
-def test_collector_pipelines_reference_defined_components() -> None:
-    collector = load(REPO / "otel" / "collector.yaml")
-    service = collector["service"]
-    assert set(service["extensions"]) <= set(collector["extensions"])
-    for name, pipeline in service["pipelines"].items():
-        for part in ("receivers", "processors", "exporters"):
-            for component in pipeline[part]:
-                assert component in collector[part], f"{name}: {component} is not defined under {part}"
-        assert pipeline["processors"][0] == "memory_limiter", f"{name}: memory_limiter must come first"
-    policies = {p["type"]: p for p in collector["processors"]["tail_sampling"]["policies"]}
-    assert policies["status_code"]["status_code"]["status_codes"] == ["ERROR"]
-    assert policies["latency"]["latency"]["threshold_ms"] > 0
-    assert 0 < policies["probabilistic"]["probabilistic"]["sampling_percentage"] < 100
-    assert "tail_sampling" in service["pipelines"]["traces"]["processors"]
-    # The collector's exporters reach services that exist in the compose stack.
-    services = compose()["services"]
-    assert collector["exporters"]["otlp/jaeger"]["endpoint"].split(":")[0] in services
-    ports = {str(p).rsplit(":", 1)[-1] for p in services["otel-collector"]["ports"]}
-    assert {"4317", "4318"} <= ports
+def test_compose_gateway_pushes_telemetry_to_the_collector() -> None:
+    environment = stack.services()["gateway"]["environment"]
+    endpoint = environment["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint == "http://otel-collector:4318"
+    http_receiver = stack.collector()["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert stack.port_of(endpoint) == stack.port_of(http_receiver)
+    assert environment["OTEL_SERVICE_NAME"] == "llm-gateway"
+    assert environment.get("OTEL_METRICS_EXPORTER", "otlp") != "none"  # metrics are pushed here ...
+    prometheus = stack.load_yaml(stack.PROMETHEUS_FILE)
+    targets = [
+        t
+        for job in prometheus["scrape_configs"]
+        for sc in job.get("static_configs", ())
+        for t in sc["targets"]
+    ]
+    assert not [t for t in targets if t.startswith("gateway:")]  # ... so not scraped too (no doubles)
 
 
-def test_prometheus_scrapes_services_of_the_stack() -> None:
-    config = load(DEPLOY / "prometheus" / "prometheus.yml")
-    services = compose()["services"]
-    collector = load(REPO / "otel" / "collector.yaml")
-    exporter_port = collector["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert f"otel-collector:{exporter_port}" in targets
-    for target in targets:
-        host = target.split(":")[0]
-        assert host in services or host == "localhost", target
+def test_compose_stop_grace_covers_the_gateway_shutdown(clickhouse_password: str) -> None:
+    config = compose_gateway_config()
+    grace = int(stack.services()["gateway"]["stop_grace_period"].removesuffix("s"))
+    assert grace > config.server.shutdown_grace_s + stack.OTLP_EXPORT_TIMEOUT_S
 
 
-def test_promtool_accepts_the_prometheus_config() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus; `make system-deps`)")
-    result = subprocess.run(
-        [promtool, "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+# -- the gateway image ----------------------------------------------------------------------------
 
 
-# -- Grafana --------------------------------------------------------------------------------------
+def test_dockerfile_runs_the_gateway_as_a_non_root_user_on_the_config_port(clickhouse_password: str) -> None:
+    runtime = dict(stack.dockerfile_runtime_stage())
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", runtime["FROM"]), runtime["FROM"]
+    user = runtime["USER"].split(":")[0]
+    assert user not in ("root", "0")
+    pod_security = stack.k8s_objects()["Deployment"]["spec"]["template"]["spec"]["securityContext"]
+    assert int(user) == pod_security["runAsUser"]  # runAsNonRoot needs the numeric uid
+    config = compose_gateway_config()
+    assert int(runtime["EXPOSE"]) == config.server.port
+    assert f"127.0.0.1:{config.server.port}/healthz" in runtime["HEALTHCHECK"]
+    entrypoint = json.loads(runtime["ENTRYPOINT"])
+    assert entrypoint == [
+        "llm-gateway",
+        "serve",
+        "--config",
+        "/etc/llm-gateway/gateway.yaml",
+        "--host",
+        "0.0.0.0",
+    ]
+    # The config the entrypoint reads is the one compose mounts.
+    targets = {dst for _, dst, _ in stack.bind_mounts(stack.services()["gateway"])}
+    assert entrypoint[3] in targets
 
 
-def test_grafana_provisions_the_datasources_and_dashboards_the_dashboards_use() -> None:
-    datasources = load(DEPLOY / "grafana/provisioning/datasources/datasources.yaml")["datasources"]
-    uids = {d["uid"] for d in datasources}
-    assert uids == {"prometheus", "jaeger", "clickhouse"}
-    provider = load(DEPLOY / "grafana/provisioning/dashboards/dashboards.yaml")["providers"][0]
-    grafana = compose()["services"]["grafana"]
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
-    assert (DEPLOY / mounts[provider["options"]["path"]]).resolve() == REPO / "dashboards"
-    for path in (REPO / "dashboards").glob("*.json"):
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", ()):
-                assert target["datasource"]["uid"] in uids, (path.name, panel["title"])
-    # Trace ids in the audit explorer link to the provisioned Jaeger datasource.
-    assert '\\"datasource\\":\\"jaeger\\"' in (REPO / "dashboards" / "audit-explorer.json").read_text()
+def test_dockerfile_copies_what_the_package_build_needs() -> None:
+    pyproject = tomllib.loads((stack.REPO / "pyproject.toml").read_text())
+    copied = set()
+    for name, args in stack.dockerfile_instructions():
+        if name == "COPY" and not args.startswith("--from"):
+            *sources, _ = args.split()
+            for source in sources:
+                assert (stack.REPO / source).exists(), f"COPY {source}: not in the repository"
+                copied.add(source)
+    assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
+    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {p.rstrip("*") for p in packages} <= copied
 
 
-# -- Kubernetes -----------------------------------------------------------------------------------
-
-
-def test_kustomization_lists_every_manifest() -> None:
-    listed = set(load(K8S / "kustomization.yaml")["resources"])
-    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
-    assert listed == present
-
-
-async def test_k8s_probes_hit_routes_the_gateway_serves(env: None) -> None:
-    container = k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]
-    paths = {container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe", "startupProbe")}
-    assert paths == {"/healthz", "/readyz"}
-    config = load_config(None)
-    client = TestClient(TestServer(build_app(config)))
-    async with client:
-        resp = await client.get("/healthz")
-        assert resp.status == 200
-    routes = {r.resource.canonical for r in build_app(config).router.routes() if r.resource is not None}
-    assert {"/healthz", "/readyz", "/metrics"} <= routes
-
-
-def test_k8s_objects_agree_on_names_labels_and_ports(env: None) -> None:
-    deployment, service = k8s("Deployment"), k8s("Service")
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert service["spec"]["selector"].items() <= labels.items()
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    (port,) = container["ports"]
-    assert service["spec"]["ports"][0]["name"] == port["name"] == "http"
-    monitor = k8s("ServiceMonitor")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
-    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    hpa, pdb = k8s("HorizontalPodAutoscaler"), k8s("PodDisruptionBudget")
-    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"]
-    assert container["resources"]["limits"] and container["resources"]["requests"]
-    # The config the ConfigMap carries loads with the gateway's own loader and listens on the port.
-    configmap = k8s("ConfigMap")
-    path = K8S / "_configmap_gateway.yaml"
-    try:
-        path.write_text(configmap["data"]["gateway.yaml"])
-        config = load_config(path)
-    finally:
-        path.unlink(missing_ok=True)
-    assert config.server.port == port["containerPort"]
-    assert config.audit.dsn.startswith("http")
-    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > config.server.shutdown_grace_s
-    env_names = {e["name"]: e for e in container["env"]}
-    assert env_names["OTEL_METRICS_EXPORTER"]["value"] == "none"  # scraped, not pushed: no doubles
-    assert PINNED.match(container["image"])
+def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
+    ignored = {
+        line.strip()
+        for line in (stack.DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv", "data", ".git", "bench/results"} <= ignored
+    assert "deploy/.env" in ignored  # compose's secrets file
