@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from gateway.audit.settings import AuditSettings
+from gateway.state.settings import StateSettings
 from gateway.telemetry.settings import TelemetrySettings
 
 PROVIDER_KINDS = ("openai", "anthropic", "gemini")
@@ -89,6 +90,7 @@ class GatewayConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     scanner: ScannerConfig = field(default_factory=ScannerConfig)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    state: StateSettings = field(default_factory=StateSettings)
     log_level: str = "info"
 
     def timeouts_for(self, provider: ProviderConfig) -> Timeouts:

@@ -17,7 +17,7 @@ from gateway.runtime import GATEWAY
 from gateway.telemetry.setup import Telemetry
 from tests.emulator.server import Emulator
 
-pytest_plugins = ["tests.emulator.fixtures"]
+pytest_plugins = ["tests.emulator.fixtures", "tests.redis_server"]
 
 
 @dataclasses.dataclass

@@ -1,0 +1,1 @@
+"""Shared state: gateway keys and counters, in this process or in Redis for many replicas."""
