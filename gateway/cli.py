@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import keys_cli
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("gateway")
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--json", action="store_true")
     show.add_argument("--config", "-c")
 
+    keys_cli.add_parsers(sub)
+
     args = parser.parse_args(argv)
     try:
         overrides: dict[str, Any] = {}
@@ -52,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {f"server.{k}": v for k in ("host", "port") if (v := getattr(args, k)) is not None}
             if args.log_level:
                 overrides["log_level"] = args.log_level
-        config = load_config(args.config, overrides)
+        config = load_config(getattr(args, "config", None), overrides)
     except ConfigError as exc:
         print(f"llm-gateway: config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        return serve_forever(config)
+        return serve_forever(config, args.config, overrides)
+    if args.command in ("keys", "teams", "users"):
+        return keys_cli.run(args, config)
     if args.audit_command == "tail":
         return print_rows(audit_request(config, limit=args.limit), args.json)
     row = audit_request(config, request_id=args.request_id)
@@ -73,7 +78,9 @@ def configure_logging(level: str) -> None:
     )
 
 
-def serve_forever(config: GatewayConfig) -> int:
+def serve_forever(
+    config: GatewayConfig, config_path: str | None = None, overrides: dict[str, Any] | None = None
+) -> int:
     configure_logging(config.log_level)
     try:
         import uvloop
@@ -84,11 +91,11 @@ def serve_forever(config: GatewayConfig) -> int:
     # Measured in bench/: the default 5 ms GIL switch interval lets the audit thread delay
     # the event loop, and full collections of the long-lived startup heap cause p99 spikes.
     sys.setswitchinterval(0.0005)
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, config_path, overrides or {}))
     return 0
 
 
-async def _serve(config: GatewayConfig) -> None:
+async def _serve(config: GatewayConfig, config_path: str | None, overrides: dict[str, Any]) -> None:
     from gateway.admin import INTERNAL_TOKEN, RUNTIME_FILE, write_runtime_file
     from gateway.app import build_app
 
@@ -110,6 +117,7 @@ async def _serve(config: GatewayConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path, overrides)
     state_dir = Path(config.server.state_dir)
     write_runtime_file(
         state_dir, f"http://{_url_host(config.server.host)}:{config.server.port}", app[INTERNAL_TOKEN]
@@ -130,6 +138,36 @@ async def _serve(config: GatewayConfig) -> None:
         await runner.cleanup()
         (state_dir / RUNTIME_FILE).unlink(missing_ok=True)
         log.info("stopped")
+
+
+def reload_config(app: web.Application, config_path: str | None, overrides: dict[str, Any]) -> None:
+    """SIGHUP: re-read the config file and apply its auth parts — keys, teams, users, policies,
+    provider keys, admin token. Other sections need a restart; an invalid file changes nothing."""
+    from gateway.runtime import GATEWAY
+
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded, it is invalid: %s", exc)
+        return
+    gateway = app[GATEWAY]
+    gateway.access.configure(config)
+    unchanged = [
+        name
+        for name in ("server", "timeouts", "audit", "capture", "scanner", "telemetry", "state")
+        if getattr(config, name) != getattr(gateway.config, name)
+    ]
+    if {n: (p.kind, p.base_url) for n, p in config.providers.items()} != {
+        n: (p.kind, p.base_url) for n, p in gateway.config.providers.items()
+    }:
+        unchanged.append("providers (routes)")
+    log.info(
+        "SIGHUP: reloaded auth, policy, teams (%d), users (%d), config keys (%d) and provider keys%s",
+        len(config.teams),
+        len(config.users),
+        len(config.keys),
+        f"; changes to {', '.join(unchanged)} need a restart" if unchanged else "",
+    )
 
 
 def _url_host(host: str) -> str:

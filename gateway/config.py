@@ -15,6 +15,9 @@ from typing import Any
 import yaml
 
 from gateway.audit.settings import AuditSettings
+from gateway.auth.keys import GatewayKey
+from gateway.auth.policy import Policy
+from gateway.auth.settings import AuthSettings, Team, User, parse_keys, parse_teams, parse_users
 from gateway.state.settings import StateSettings
 from gateway.telemetry.settings import TelemetrySettings
 
@@ -52,6 +55,15 @@ class ProviderConfig:
     base_url: str
     timeouts: Timeouts | None = None  # None: the global timeouts
     forward_traceparent: bool = False
+    # The server-side credential injected for callers with a gateway key: a value (write it as
+    # ${ENV}) or a file re-read when it changes (rotation without restart). Never in repr or logs.
+    api_key: str = field(default="", repr=False)
+    api_key_file: str = ""
+    auth_header: str = ""  # override the kind's credential header (e.g. `api-key` for Azure OpenAI)
+
+    def __post_init__(self) -> None:
+        if self.api_key and self.api_key_file:
+            raise ValueError("set api_key or api_key_file, not both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +103,11 @@ class GatewayConfig:
     scanner: ScannerConfig = field(default_factory=ScannerConfig)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     state: StateSettings = field(default_factory=StateSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    policy: Policy = field(default_factory=Policy)  # global defaults; teams, users and keys refine them
+    teams: dict[str, Team] = field(default_factory=dict)
+    users: dict[str, User] = field(default_factory=dict)
+    keys: tuple[GatewayKey, ...] = ()  # declared in the config (hashes only)
     log_level: str = "info"
 
     def timeouts_for(self, provider: ProviderConfig) -> Timeouts:
@@ -224,7 +241,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         else:
             raw[section] = value
     providers = _providers(raw.pop("providers", None))
+    teams = parse_teams(raw.pop("teams", None))
+    users = parse_users(raw.pop("users", None), teams)
+    keys = parse_keys(raw.pop("keys", None), teams, users)
     config: GatewayConfig = build(GatewayConfig, raw)
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: one of debug, info, warning, error; got {config.log_level!r}")
-    return dataclasses.replace(config, providers=providers)
+    return dataclasses.replace(config, providers=providers, teams=teams, users=users, keys=keys)

@@ -13,6 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.audit.record import Outcome
+from gateway.auth.access import Caller, inject_credential, without_query_credential
 from gateway.errors import ErrorCode, GatewayError
 from gateway.exchange import Exchange
 from gateway.observe import ResponseObserver, accept_encoding
@@ -51,20 +52,32 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         route = gw.route(request.match_info["provider"])
         ex.provider, ex.provider_kind = route.config.name, route.config.kind
+        caller = gw.access.identify(request.headers, request.query_string, route.config.name)
+        ex.key_id, ex.user, ex.team = caller.key_id, caller.user, caller.team
+        caller.raise_if_refused()
         reading = time.perf_counter()
         body = await read_body(request, gw.config.server.max_body_bytes)
         ex.client_wait += time.perf_counter() - reading
         ex.request_bytes, ex.request_sha256 = len(body), hashlib.sha256(body).hexdigest()
         ex.request_preview = body[: gw.config.capture.request_preview_chars].decode("utf-8", "replace")
-        view = route.adapter.parse_request(
-            request.method, "/" + request.match_info["path"], request.query_string, body
-        )
+        query = without_query_credential(request.query_string) if caller.substitutes else request.query_string
+        view = route.adapter.parse_request(request.method, "/" + request.match_info["path"], query, body)
         ex.view = view
-        result = await gw.pipeline.pre_flight(StageContext(view=view, client_address=ex.client_address))
+        result = await gw.pipeline.pre_flight(
+            StageContext(
+                view=view,
+                client_address=ex.client_address,
+                key_id=caller.key_id,
+                user=caller.user,
+                team=caller.team,
+                provider=route.config.name,
+                policy=caller.policy,
+            )
+        )
         ex.findings.extend(result.findings)
         if result.body is not None:
             view.body = result.body
-        return await forward_and_relay(gw, route, request, view, ex)
+        return await forward_and_relay(gw, route, request, view, ex, caller)
     except GatewayError as err:
         ex.findings.extend(f for f in err.findings if f not in ex.findings)
         ex.fail(err)
@@ -137,10 +150,13 @@ def response_headers(upstream: aiohttp.ClientResponse, ex: Exchange, transformed
 
 
 async def forward_and_relay(
-    gw: Gateway, route: Route, request: web.Request, view: RequestView, ex: Exchange
+    gw: Gateway, route: Route, request: web.Request, view: RequestView, ex: Exchange, caller: Caller
 ) -> web.StreamResponse:
     """Send the request upstream and relay the response chunk by chunk as it arrives."""
     body, stream_filter = route.adapter.prepare_upstream(view)
+    headers = upstream_headers(request.headers, stream_filter is not None)
+    if caller.provider_secret is not None:  # a gateway key: the provider's key replaces the caller's
+        inject_credential(headers, route.credential_header(caller.provider_secret))
     timeouts = route.timeouts
     url = route.config.base_url + view.path + (f"?{view.query}" if view.query else "")
     ex.upstream_started = time.perf_counter()
@@ -151,7 +167,7 @@ async def forward_and_relay(
                     view.method,
                     url,
                     data=body,
-                    headers=upstream_headers(request.headers, stream_filter is not None),
+                    headers=headers,
                     allow_redirects=False,
                 )
     except aiohttp.ConnectionTimeoutError as exc:

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.audit.writer import AuditWriter
+from gateway.auth.access import Access
 from gateway.config import GatewayConfig, ProviderConfig, Timeouts
 from gateway.errors import ErrorCode, GatewayError
 from gateway.exchange import Exchange
@@ -30,17 +31,30 @@ class Route:
     session: aiohttp.ClientSession
     timeouts: Timeouts
 
+    def credential_header(self, secret: str) -> tuple[str, str]:
+        """Where the server-side key goes: the kind's header, or the provider's `auth_header`."""
+        name = self.config.auth_header
+        if not name:
+            return self.adapter.credential_header(secret)
+        return name, f"Bearer {secret}" if name.lower() == "authorization" else secret
+
 
 class Gateway:
     """Holds config, routes, pipeline, audit writer and telemetry; begins and finishes each exchange."""
 
     def __init__(
-        self, config: GatewayConfig, pipeline: Pipeline, writer: AuditWriter, telemetry: Telemetry
+        self,
+        config: GatewayConfig,
+        pipeline: Pipeline,
+        writer: AuditWriter,
+        telemetry: Telemetry,
+        access: Access,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
         self.writer = writer
         self.telemetry = telemetry
+        self.access = access
         self.routes: dict[str, Route] = {}
         self.default_adapter: ProviderAdapter = ADAPTERS["openai"]  # shape for errors before routing
         self.log_requests = config.server.access_log and access_log.isEnabledFor(logging.INFO)
@@ -65,7 +79,7 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return bool(self.routes) and self.writer.ready
+        return bool(self.routes) and self.writer.ready and self.access.registry.loaded
 
     def route(self, name: str) -> Route:
         route = self.routes.get(name)

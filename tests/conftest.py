@@ -44,9 +44,16 @@ class RunningGateway:
 
 
 def gateway_config(tmp_path: Path, emulator: Emulator, **sections: Any) -> GatewayConfig:
-    """Providers pointed at the emulator (plus a custom openai-kind `vllm`), audit in tmp_path."""
+    """Providers pointed at the emulator (plus a custom openai-kind `vllm`), audit and state in tmp_path.
+
+    `provider_keys={"openai": "sk-…"}` sets the server-side provider keys (for gateway-key callers);
+    `provider_options={"vllm": {"auth_header": "api-key"}}` sets other ProviderConfig fields.
+    """
+    provider_keys: dict[str, str] = sections.pop("provider_keys", {})
+    provider_options: dict[str, dict[str, Any]] = sections.pop("provider_options", {})
     raw: dict[str, Any] = {
         "server": {"state_dir": str(tmp_path / "state")},
+        "state": {"path": str(tmp_path / "state")},
         "audit": {
             "dsn": f"chdb://{tmp_path}/audit",
             "spool_dir": str(tmp_path / "spool"),
@@ -61,10 +68,14 @@ def gateway_config(tmp_path: Path, emulator: Emulator, **sections: Any) -> Gatew
         raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
     config = load_config(None, raw)
     providers = {
-        name: ProviderConfig(name, name, emulator.base_url(name))
+        name: ProviderConfig(name, name, emulator.base_url(name), api_key=provider_keys.get(name, ""))
         for name in ("openai", "anthropic", "gemini")
     }
-    providers["vllm"] = ProviderConfig("vllm", "openai", emulator.base_url("openai"))
+    providers["vllm"] = ProviderConfig(
+        "vllm", "openai", emulator.base_url("openai"), api_key=provider_keys.get("vllm", "")
+    )
+    for name, options in provider_options.items():
+        providers[name] = dataclasses.replace(providers[name], **options)
     return dataclasses.replace(config, providers=providers)
 
 

@@ -51,10 +51,22 @@ ERROR_TYPES: dict[ErrorCode, str] = {
 }
 
 
+OUTPUT_LIMIT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "messages": (("max_tokens",),),
+    "complete": (("max_tokens_to_sample",),),
+}
+
+
 class AnthropicAdapter:
     kind = "anthropic"
     gen_ai_provider = "anthropic"
     default_base_url = "https://api.anthropic.com"
+
+    def credential_header(self, secret: str) -> tuple[str, str]:
+        return "x-api-key", secret
+
+    def output_limit_fields(self, operation: str) -> tuple[tuple[str, ...], ...]:
+        return OUTPUT_LIMIT_FIELDS.get(operation, ())
 
     def classify(self, method: str, path: str) -> Endpoint:
         return ENDPOINTS.get((method, path), OPAQUE)

@@ -92,6 +92,14 @@ class ProviderAdapter(Protocol):
 
     def scan_targets(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]: ...
 
+    def credential_header(self, secret: str) -> tuple[str, str]:
+        """The header that carries the server-side provider key (gateway-key callers)."""
+        ...
+
+    def output_limit_fields(self, operation: str) -> tuple[tuple[str, ...], ...]:
+        """JSON paths that cap output tokens for `operation`: the first present is used, else the first."""
+        ...
+
     def prepare_upstream(self, view: RequestView) -> tuple[bytes, StreamFilter | None]: ...
 
     def response_parser(

@@ -59,10 +59,23 @@ ERROR_STATUSES: dict[ErrorCode, str] = {
 _ROLES = {"user": "user", "model": "assistant", "function": "tool_result", "tool": "tool_result"}
 
 
+_GENERATION_LIMIT = (("generationConfig", "maxOutputTokens"), ("generation_config", "max_output_tokens"))
+OUTPUT_LIMIT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "generate_content": _GENERATION_LIMIT,
+    "stream_generate_content": _GENERATION_LIMIT,
+}
+
+
 class GeminiAdapter:
     kind = "gemini"
     gen_ai_provider = "gcp.gemini"
     default_base_url = "https://generativelanguage.googleapis.com"
+
+    def credential_header(self, secret: str) -> tuple[str, str]:
+        return "x-goog-api-key", secret
+
+    def output_limit_fields(self, operation: str) -> tuple[tuple[str, ...], ...]:
+        return OUTPUT_LIMIT_FIELDS.get(operation, ())
 
     def classify(self, method: str, path: str) -> Endpoint:
         if method == "POST":

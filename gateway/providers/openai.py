@@ -58,10 +58,25 @@ _SYSTEM_ROLES = {"system": "system", "developer": "system", "user": "user", "ass
 _USAGE_NULL_MEMBER = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
 
+# Where each operation caps output tokens: candidate JSON paths, the first one present is used
+# (else the first is set). `max_tokens` is deprecated for chat and refused by reasoning models.
+OUTPUT_LIMIT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "chat.completions": (("max_completion_tokens",), ("max_tokens",)),
+    "responses": (("max_output_tokens",),),
+    "completions": (("max_tokens",),),
+}
+
+
 class OpenAIAdapter:
     kind = "openai"
     gen_ai_provider = "openai"
     default_base_url = "https://api.openai.com"
+
+    def credential_header(self, secret: str) -> tuple[str, str]:
+        return "Authorization", f"Bearer {secret}"
+
+    def output_limit_fields(self, operation: str) -> tuple[tuple[str, ...], ...]:
+        return OUTPUT_LIMIT_FIELDS.get(operation, ())
 
     def classify(self, method: str, path: str) -> Endpoint:
         endpoint = ENDPOINTS.get((method, path))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from gateway.audit.record import Finding
+    from gateway.auth.policy import PolicyChain
     from gateway.providers.base import RequestView
 
 
@@ -52,6 +53,8 @@ class StageContext:
     user: str = ""
     team: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    provider: str = ""  # the configured provider's name (the route), e.g. "openai" or "vllm"
+    policy: PolicyChain | None = None  # key → user → team → global policies; None: no policy applies
 
 
 @runtime_checkable
