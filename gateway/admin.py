@@ -46,6 +46,7 @@ def add_internal_routes(app: web.Application) -> None:
     app[INTERNAL_TOKEN] = secrets.token_urlsafe(32)
     app.router.add_get("/_gateway/audit/tail", audit_tail)
     app.router.add_get("/_gateway/audit/show/{request_id}", audit_show)
+    app.router.add_get("/_gateway/spend", local_spend)
 
 
 def _authorized(request: web.Request) -> None:
@@ -74,6 +75,14 @@ async def audit_show(request: web.Request) -> web.Response:
     if not found:
         raise web.HTTPNotFound(text='{"error": "no such request id"}', content_type="application/json")
     return web.json_response(found[0].to_row(), dumps=lambda o: json.dumps(o, default=str))
+
+
+async def local_spend(request: web.Request) -> web.Response:
+    """`llm-gateway spend` on this machine (runtime-file token); same report as GET /admin/spend."""
+    _authorized(request)
+    from gateway.admin_api import spend
+
+    return await spend(request)
 
 
 def write_runtime_file(directory: Path, url: str, token: str) -> Path:

@@ -16,10 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.audit.writer import AuditUnavailable
 from gateway.auth.keys import GatewayKey, hash_secret, policy_to_dict, same_hash
 from gateway.auth.registry import IssuedKey, KeyRegistry, KeyRequestError
 from gateway.auth.settings import Team, User
 from gateway.runtime import GATEWAY
+from gateway.spend import SpendRequestError, report_body, spend_sql
 
 log = logging.getLogger("gateway.admin")
 
@@ -38,6 +40,7 @@ def add_routes(app: web.Application) -> None:
         ("POST", "/admin/keys/{key_id}/rotate", rotate_key),
         ("GET", "/admin/teams", list_teams),
         ("GET", "/admin/users", list_users),
+        ("GET", "/admin/spend", spend),
     ):
         app.router.add_route(method, path, admin_only(handler))
     app.router.add_route("*", "/admin", admin_only(not_found))
@@ -106,6 +109,22 @@ async def list_teams(request: web.Request) -> web.Response:
 
 async def list_users(request: web.Request) -> web.Response:
     return reply({"users": [user_view(u) for u in registry_of(request).users.values()]})
+
+
+async def spend(request: web.Request) -> web.Response:
+    """Spend per team, user, key, model or provider: ?by=team&since=7d[&team=…&model=…]."""
+    gw = request.app[GATEWAY]
+    by, since = request.query.get("by", "team"), request.query.get("since", "7d")
+    filters = {k: v for k, v in request.query.items() if k not in ("by", "since")}
+    try:
+        sql, parameters = spend_sql(gw.config.audit, by, since, filters)
+    except SpendRequestError as exc:
+        return error(400, str(exc))
+    try:
+        rows = await gw.writer.query(sql, parameters)
+    except AuditUnavailable as exc:
+        return error(503, f"the audit store is unavailable: {exc}")
+    return reply(report_body(by, since, rows))
 
 
 async def not_found(request: web.Request) -> web.Response:

@@ -8,14 +8,19 @@ import logging
 from aiohttp import web
 
 from gateway import admin, admin_api
-from gateway.audit.writer import AuditWriter
+from gateway.audit.queries import spend_since_query
+from gateway.audit.writer import AuditUnavailable, AuditWriter
 from gateway.auth.access import Access
 from gateway.auth.registry import KeyRegistry
 from gateway.auth.store import open_key_store
 from gateway.config import GatewayConfig
+from gateway.limits.counters import MemoryCounters, StateUnavailable, open_counters
+from gateway.limits.limiter import Limiter
+from gateway.pricing.table import load_table
 from gateway.proxy import handle
 from gateway.runtime import GATEWAY, Gateway
 from gateway.stages.base import Stage
+from gateway.stages.limits import LimitStage
 from gateway.stages.pipeline import Pipeline
 from gateway.stages.policy import PolicyStage
 from gateway.stages.scan.stage import ScanOptions, ScanStage
@@ -24,8 +29,9 @@ from gateway.telemetry.setup import Telemetry, build_telemetry
 log = logging.getLogger("gateway")
 
 
-def build_stages(config: GatewayConfig) -> Pipeline:
-    """The configured pre-flight stages, in order: policy first (cheapest, and it may clamp the body)."""
+def build_stages(config: GatewayConfig, limiter: Limiter) -> Pipeline:
+    """The configured pre-flight stages, in order: policy first (cheapest, and it may clamp the body),
+    limits last (only a request about to go upstream reserves rate and budget)."""
     stages: list[Stage] = [PolicyStage()]
     if config.scanner.enabled:
         stages.append(
@@ -36,7 +42,16 @@ def build_stages(config: GatewayConfig) -> Pipeline:
                 )
             )
         )
+    if limiter.enabled:
+        stages.append(LimitStage(limiter))
     return Pipeline(stages)
+
+
+def build_limiter(config: GatewayConfig) -> Limiter:
+    """Prices (shipped table + config) and the rate-limit/budget counters (memory or Redis)."""
+    pricing = load_table(config.pricing.file, config.pricing.models)
+    counters = open_counters(config.state) if config.limits.rules else MemoryCounters()
+    return Limiter(config.limits, pricing, counters)
 
 
 def build_access(config: GatewayConfig) -> Access:
@@ -50,12 +65,14 @@ def build_app(
 ) -> web.Application:
     """A complete gateway app; tests build their own with their own config, writer and telemetry."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
+    limiter = build_limiter(config)
     gateway = Gateway(
         config,
-        build_stages(config),
+        build_stages(config, limiter),
         writer or AuditWriter(config.audit),
         telemetry or build_telemetry(config),
         build_access(config),
+        limiter,
     )
     app[GATEWAY] = gateway
     app.router.add_get("/healthz", admin.healthz)
@@ -74,6 +91,7 @@ async def _startup(app: web.Application) -> None:
     gateway = app[GATEWAY]
     await gateway.writer.start()
     await gateway.access.start()
+    await restore_spend(gateway)
     gateway.telemetry.watch_audit(lambda: gateway.writer.stats)
     await gateway.open_sessions()
     log.info("providers: %s", ", ".join(f"/{n}/ -> {r.config.base_url}" for n, r in gateway.routes.items()))
@@ -84,6 +102,31 @@ async def _cleanup(app: web.Application) -> None:
     gateway = app[GATEWAY]
     await gateway.close_sessions()
     await gateway.access.close()
+    await gateway.limiter.close()  # settles what finished exchanges still hold
     await gateway.writer.close()
     # Blocking: flushes queued spans and pushes the last metrics over the network.
     await asyncio.get_running_loop().run_in_executor(None, gateway.telemetry.shutdown)
+
+
+async def restore_spend(gateway: Gateway) -> None:
+    """Budgets' spend for this day and month, rebuilt from the audit log (it survives restarts)."""
+    limiter = gateway.limiter
+    if not any(rule.has_budget for rule in limiter.settings.rules):
+        return
+    day, month = limiter.period_starts()
+    query = spend_since_query(gateway.config.audit, day, month)
+    for attempt in range(50):
+        try:
+            rows = await gateway.writer.query(query.sql, query.parameters)
+            break
+        except AuditUnavailable:
+            await asyncio.sleep(0.1 * min(attempt + 1, 10))
+    else:
+        log.error("budgets: the audit store did not answer; spend starts from the state store alone")
+        return
+    try:
+        restored = await limiter.restore(rows)
+    except StateUnavailable as exc:
+        log.error("budgets: could not restore spend into the state store: %s", exc)
+        return
+    log.info("budgets: spend of %d counters restored from the audit log", restored)

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import keys_cli
+from gateway.auth.settings import ADMIN_TOKEN_ENV
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("gateway")
@@ -48,6 +49,17 @@ def main(argv: list[str] | None = None) -> int:
 
     keys_cli.add_parsers(sub)
 
+    spend = sub.add_parser("spend", help="spend, requests and tokens from the audit log")
+    spend.add_argument("--by", default="team", choices=["team", "user", "key", "model", "provider"])
+    spend.add_argument("--since", default="7d", help="a duration ago (7d, 24h, 30m) or an ISO date")
+    for name in ("team", "user", "key", "provider", "model"):
+        spend.add_argument(f"--{name}", help=f"only this {name}")
+    spend.add_argument("--json", action="store_true", help="the report as JSON")
+    spend.add_argument("--config", "-c", help="YAML config file (where the audit store is)")
+    spend.add_argument(
+        "--url", default=os.environ.get(keys_cli.URL_ENV), help="a gateway's admin API (or LLM_GATEWAY_URL)"
+    )
+
     args = parser.parse_args(argv)
     try:
         overrides: dict[str, Any] = {}
@@ -63,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_forever(config, args.config, overrides)
     if args.command in ("keys", "teams", "users"):
         return keys_cli.run(args, config)
+    if args.command == "spend":
+        return spend_command(args, config)
     if args.audit_command == "tail":
         return print_rows(audit_request(config, limit=args.limit), args.json)
     row = audit_request(config, request_id=args.request_id)
@@ -197,6 +211,59 @@ def audit_request(config: GatewayConfig, *, limit: int = 20, request_id: str | N
         except urllib.error.URLError:
             pass  # not answering: fall back to the store itself
     return _query_store(config, limit, request_id)
+
+
+def spend_command(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """The spend report: through --url's admin API, the local gateway, or the store itself."""
+    from gateway.admin import read_runtime_file
+    from gateway.spend import SpendRequestError, report_body, spend_sql
+
+    filters = {
+        ("key_id" if name == "key" else name): value
+        for name in ("team", "user", "key", "provider", "model")
+        if (value := getattr(args, name))
+    }
+    query = urllib.parse.urlencode({"by": args.by, "since": args.since, **filters})
+    try:
+        spend_sql(config.audit, args.by, args.since, filters)  # validate before asking anyone
+        if args.url:
+            token = os.environ.get(ADMIN_TOKEN_ENV, "")
+            if not token:
+                raise keys_cli.CommandError(
+                    f"set {ADMIN_TOKEN_ENV} to the gateway's admin token to use --url"
+                )
+            report = keys_cli.admin_request(args.url, token, "GET", f"/admin/spend?{query}")
+        else:
+            runtime = read_runtime_file(Path(config.server.state_dir))
+            if runtime is not None and _alive(int(runtime.get("pid", 0))):
+                report = keys_cli.admin_request(
+                    runtime["url"], runtime["token"], "GET", f"/_gateway/spend?{query}"
+                )
+            else:
+                from gateway.audit.store import AuditStore
+
+                store = AuditStore(config.audit)
+                store.open()
+                try:
+                    sql, parameters = spend_sql(config.audit, args.by, args.since, filters)
+                    report = report_body(args.by, args.since, store.query(sql, parameters))
+                finally:
+                    store.close()
+    except (SpendRequestError, keys_cli.CommandError) as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    columns = (args.by, "requests", "input_tokens", "output_tokens", "cost_usd", "unpriced_requests")
+    table = [[_cell(row.get(c)) for c in columns] for row in report["rows"]]
+    table.append(["total", "", "", "", report["total_usd"], ""])
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    print(f"spend by {args.by} since {report['since']}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    return 0
 
 
 def _query_store(config: GatewayConfig, limit: int, request_id: str | None) -> Any:

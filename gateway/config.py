@@ -18,6 +18,8 @@ from gateway.audit.settings import AuditSettings
 from gateway.auth.keys import GatewayKey
 from gateway.auth.policy import Policy
 from gateway.auth.settings import AuthSettings, Team, User, parse_keys, parse_teams, parse_users
+from gateway.limits.settings import LimitsSettings
+from gateway.pricing.table import PricingError, load_table
 from gateway.state.settings import StateSettings
 from gateway.telemetry.settings import TelemetrySettings
 
@@ -94,6 +96,16 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PricingConfig:
+    """Prices beyond the shipped table: `file` (same format as gateway/pricing/prices.yaml) and
+    `models` ({provider or kind: {model: {input, output, cache_read, cache_write, reasoning, tiers}}},
+    USD per million tokens), later winning."""
+
+    file: str = ""
+    models: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -108,6 +120,8 @@ class GatewayConfig:
     teams: dict[str, Team] = field(default_factory=dict)
     users: dict[str, User] = field(default_factory=dict)
     keys: tuple[GatewayKey, ...] = ()  # declared in the config (hashes only)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     log_level: str = "info"
 
     def timeouts_for(self, provider: ProviderConfig) -> Timeouts:
@@ -245,6 +259,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     users = parse_users(raw.pop("users", None), teams)
     keys = parse_keys(raw.pop("keys", None), teams, users)
     config: GatewayConfig = build(GatewayConfig, raw)
+    try:
+        load_table(config.pricing.file, config.pricing.models)
+    except PricingError as exc:
+        raise ConfigError(str(exc)) from None
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: one of debug, info, warning, error; got {config.log_level!r}")
     return dataclasses.replace(config, providers=providers, teams=teams, users=users, keys=keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     REQUEST_TOO_LARGE = "request_too_large"
     RATE_LIMITED = "rate_limited"
+    BUDGET_EXCEEDED = "budget_exceeded"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     INTERNAL = "internal"
@@ -31,6 +33,7 @@ STATUS_FOR_CODE: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.BUDGET_EXCEEDED: 429,
     ErrorCode.INTERNAL: 500,
     ErrorCode.UPSTREAM_UNREACHABLE: 502,
     ErrorCode.UNAVAILABLE: 503,
@@ -48,6 +51,8 @@ class GatewayError(Exception):
         status: int = 0,
         rule: str = "",
         findings: tuple[Finding, ...] = (),
+        headers: Mapping[str, str] | None = None,
+        rate_limit: tuple[str, int, int] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -55,6 +60,10 @@ class GatewayError(Exception):
         self.status = status or STATUS_FOR_CODE[code]
         self.rule = rule  # which rule denied the request, for rejections
         self.findings = findings  # scanner findings gathered before the rejection
+        self.headers = dict(headers or {})  # e.g. retry-after on a 429
+        # (metric, limit, reset seconds) of the rate limit that fired: adapters add their own
+        # rate-limit headers (x-ratelimit-*, anthropic-ratelimit-*) from it
+        self.rate_limit = rate_limit
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"

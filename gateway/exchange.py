@@ -5,11 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from gateway.audit.record import AuditRecord, Finding, Outcome
 from gateway.errors import ErrorCode, GatewayError
 from gateway.observe import RequestDigest
 from gateway.providers.base import RequestView, ResponseSummary
+
+if TYPE_CHECKING:
+    from gateway.limits.limiter import Reservation
 
 # How each gateway error ends up in the audit's outcome column.
 OUTCOME_FOR_ERROR: dict[ErrorCode, Outcome] = {
@@ -19,6 +24,7 @@ OUTCOME_FOR_ERROR: dict[ErrorCode, Outcome] = {
     ErrorCode.AUTHENTICATION: Outcome.REJECTED,
     ErrorCode.PERMISSION_DENIED: Outcome.REJECTED,
     ErrorCode.RATE_LIMITED: Outcome.REJECTED,
+    ErrorCode.BUDGET_EXCEEDED: Outcome.REJECTED,
     ErrorCode.UNAVAILABLE: Outcome.REJECTED,
     ErrorCode.UPSTREAM_UNREACHABLE: Outcome.UPSTREAM_UNREACHABLE,
     ErrorCode.UPSTREAM_TIMEOUT: Outcome.TIMEOUT,
@@ -67,6 +73,10 @@ class Exchange:
     relayed: RequestDigest = field(default_factory=RequestDigest)
     summary: ResponseSummary = field(default_factory=ResponseSummary)
     finished: bool = False
+    cost: Decimal | None = None  # USD, once priced (gateway.runtime.Gateway.price)
+    priced: bool = False
+    flags: list[str] = field(default_factory=list)
+    reservation: Reservation | None = None  # rate-limit and budget holds, settled at the finish
 
     def fail(self, err: GatewayError, error_type: str = "") -> None:
         """Record that the gateway answered with (or ended on) this error."""
@@ -117,4 +127,6 @@ class Exchange:
             team=self.team,
             client_address=self.client_address,
             user_agent=self.user_agent,
+            cost_usd=self.cost,
+            flags=tuple(self.flags),
         )

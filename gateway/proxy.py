@@ -41,6 +41,7 @@ HOP_BY_HOP = frozenset(
     )
 )
 REQUEST_ID_HEADER = "x-gateway-request-id"
+COST_HEADER = "x-gateway-cost-usd"  # on non-streamed responses whose usage is priced
 SMALL_BODY_BYTES = 256 * 1024  # complete bodies up to this size are relayed in one write
 
 
@@ -63,17 +64,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
         query = without_query_credential(request.query_string) if caller.substitutes else request.query_string
         view = route.adapter.parse_request(request.method, "/" + request.match_info["path"], query, body)
         ex.view = view
-        result = await gw.pipeline.pre_flight(
-            StageContext(
-                view=view,
-                client_address=ex.client_address,
-                key_id=caller.key_id,
-                user=caller.user,
-                team=caller.team,
-                provider=route.config.name,
-                policy=caller.policy,
-            )
+        ctx = StageContext(
+            view=view,
+            client_address=ex.client_address,
+            key_id=caller.key_id,
+            user=caller.user,
+            team=caller.team,
+            provider=route.config.name,
+            policy=caller.policy,
+            request_id=ex.request_id,
         )
+        try:
+            result = await gw.pipeline.pre_flight(ctx)
+        finally:
+            ex.reservation = ctx.reservation
         ex.findings.extend(result.findings)
         if result.body is not None:
             view.body = result.body
@@ -216,8 +220,15 @@ async def relay(
         ),
         upstream.headers.get("Content-Encoding", ""),
     )
-    if not streaming and upstream.content_length is not None and upstream.content_length <= SMALL_BODY_BYTES:
-        return await relay_small_body(route, request, ex, upstream, observer)
+    prefix = b""
+    if not streaming:
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY_BYTES:
+            return await relay_small_body(gw, route, request, ex, upstream, observer)
+        if length is None:  # chunked: most complete JSON bodies are small — send them in one write too
+            prefix, complete_body = await read_prefix(route, ex, upstream, SMALL_BODY_BYTES)
+            if complete_body:
+                return await relay_small_body(gw, route, request, ex, upstream, observer, prefix)
     response = web.StreamResponse(
         status=upstream.status,
         reason=upstream.reason,
@@ -235,6 +246,10 @@ async def relay(
     clock = time.perf_counter
     waiting = clock()
     try:
+        if prefix:  # already read (and timed) by read_prefix
+            observer.feed(prefix)
+            ex.relayed.update(prefix)
+            await response.write(prefix)
         async with asyncio.timeout_at(loop.time() + idle) as idle_timer:
             async for chunk in upstream.content.iter_any():
                 arrived = clock()
@@ -274,32 +289,66 @@ async def relay(
     return response
 
 
-async def relay_small_body(
-    route: Route,
-    request: web.Request,
-    ex: Exchange,
-    upstream: aiohttp.ClientResponse,
-    observer: ResponseObserver,
-) -> web.StreamResponse:
-    """A complete small body (Content-Length known, bounded): one read, one write with the headers.
-
-    Same bytes as the streaming relay, but half the syscalls — the largest per-request cost measured.
-    """
+async def read_prefix(
+    route: Route, ex: Exchange, upstream: aiohttp.ClientResponse, limit: int
+) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of a body of unknown length, and whether that was all of it."""
+    chunks: list[bytes] = []
+    size = 0
     reading = time.perf_counter()
     try:
-        async with asyncio.timeout(route.timeouts.idle_s):
-            body = await upstream.read()
+        async with asyncio.timeout(route.timeouts.idle_s) as idle_timer:
+            while size <= limit:
+                chunk = await upstream.content.readany()
+                if not chunk:
+                    return b"".join(chunks), True
+                if ex.first_chunk is None:
+                    ex.first_chunk = time.perf_counter()
+                chunks.append(chunk)
+                size += len(chunk)
+                idle_timer.reschedule(asyncio.get_running_loop().time() + route.timeouts.idle_s)
     except TimeoutError:
         raise idle_timeout_error(route) from None
     except aiohttp.ClientError as exc:
         raise broken_response_error(route) from exc
     finally:
         ex.upstream_wait += time.perf_counter() - reading
+    return b"".join(chunks), False
+
+
+async def relay_small_body(
+    gw: Gateway,
+    route: Route,
+    request: web.Request,
+    ex: Exchange,
+    upstream: aiohttp.ClientResponse,
+    observer: ResponseObserver,
+    body: bytes | None = None,
+) -> web.StreamResponse:
+    """A complete small body: one read (unless `body` was read already), one write with the headers.
+
+    Same bytes as the streaming relay, but half the syscalls — the largest per-request cost
+    measured — and the usage is known before the headers go out, so they can carry the cost.
+    """
+    if body is None:
+        reading = time.perf_counter()
+        try:
+            async with asyncio.timeout(route.timeouts.idle_s):
+                body = await upstream.read()
+        except TimeoutError:
+            raise idle_timeout_error(route) from None
+        except aiohttp.ClientError as exc:
+            raise broken_response_error(route) from exc
+        finally:
+            ex.upstream_wait += time.perf_counter() - reading
     observer.feed(body)
     ex.summary = observer.summary()
     ex.relayed.update(body)
     settle_outcome(ex, upstream.status)
     headers = response_headers(upstream, ex, transformed=True)  # aiohttp sets Content-Length
+    cost = gw.price(ex)
+    if cost is not None:
+        headers[COST_HEADER] = f"{cost:f}"
     response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
     # Sent here, not after the handler returns: the audit record and telemetry come after the client has it.
     try:
@@ -373,6 +422,9 @@ def error_response(adapter: ProviderAdapter, err: GatewayError, ex: Exchange) ->
     body = adapter.render_error(err)
     ex.relayed.update(body)
     response = web.Response(status=err.status, body=body, content_type="application/json")
+    if err.rate_limit is not None:
+        response.headers.update(adapter.rate_limit_headers(*err.rate_limit))
+    response.headers.update(err.headers)
     gateway_headers(response.headers, ex)
     if err.code is ErrorCode.REQUEST_TOO_LARGE:
         response.force_close()  # the unread rest of the body must not be taken as the next request

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
 import aiohttp
 from aiohttp import web
@@ -15,6 +16,7 @@ from gateway.auth.access import Access
 from gateway.config import GatewayConfig, ProviderConfig, Timeouts
 from gateway.errors import ErrorCode, GatewayError
 from gateway.exchange import Exchange
+from gateway.limits.limiter import FLAG_COST_UNKNOWN, Limiter
 from gateway.providers import ADAPTERS, ProviderAdapter
 from gateway.stages.pipeline import Pipeline
 from gateway.telemetry.setup import Telemetry
@@ -49,8 +51,11 @@ class Gateway:
         writer: AuditWriter,
         telemetry: Telemetry,
         access: Access,
+        limiter: Limiter,
     ) -> None:
         self.config = config
+        self.limiter = limiter
+        self.pricing = limiter.pricing
         self.pipeline = pipeline
         self.writer = writer
         self.telemetry = telemetry
@@ -102,12 +107,34 @@ class Gateway:
         self.telemetry.begin(ex, request)
         return ex
 
+    def price(self, ex: Exchange) -> Decimal | None:
+        """The exchange's cost in USD from its usage (once); None, and a flag, when unpriced."""
+        if ex.priced:
+            return ex.cost
+        ex.priced = True
+        usage = ex.summary.usage
+        if usage.input_tokens is None and usage.output_tokens is None:
+            return None
+        kind = ex.provider_kind or ex.provider
+        requested = ex.view.model if ex.view is not None else ""
+        for model in dict.fromkeys(m for m in (ex.summary.model, requested) if m):
+            cost = self.pricing.cost(ex.provider, kind, model, usage)
+            if cost is not None:
+                ex.cost = cost
+                return cost
+        ex.flags.append(FLAG_COST_UNKNOWN)
+        return None
+
     def finish_exchange(self, ex: Exchange) -> None:
         """Exactly once per request, whatever happened: one audit record, spans, metrics, one log line."""
         if ex.finished:
             return
         ex.finished = True
         ex.finished_at = time.perf_counter()
+        cost = self.price(ex)
+        if ex.reservation is not None:
+            ex.flags.extend(ex.reservation.flags)
+            self.limiter.settle_soon(ex.reservation, ex.summary.usage, cost, ex.first_byte is not None)
         record = ex.record()
         self.writer.submit(record)
         self.telemetry.finish(ex, record)

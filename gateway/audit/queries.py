@@ -8,6 +8,7 @@ the gateway) or a JSON admin endpoint in between; `records()` turns the rows bac
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,3 +112,61 @@ def show(run: QueryRunner, settings: AuditSettings, request_id: str) -> AuditRec
     query = show_query(settings, request_id)
     found = records(run(query.sql, query.parameters))
     return found[0] if found else None
+
+
+SPEND_GROUPS: dict[str, str] = {  # --by value -> column
+    "team": "team",
+    "user": "user",
+    "key": "key_id",
+    "model": "requested_model",
+    "provider": "provider",
+}
+
+
+def spend_query(
+    settings: AuditSettings, by: str, since: dt.datetime, filters: AuditFilters | None = None
+) -> AuditQuery:
+    """Spend, requests and tokens per team, user, key, model or provider since `since`, costliest first.
+
+    `cost_usd` sums what was priced; `unpriced` counts requests that used tokens of a model
+    with no known price (their cost is unknown, not zero).
+    """
+    column = SPEND_GROUPS.get(by)
+    if column is None:
+        raise ValueError(f"spend by: one of {', '.join(SPEND_GROUPS)}, got {by!r}")
+    filters = dataclasses.replace(filters or AuditFilters(), since=since)
+    conditions: list[str] = []
+    parameters: dict[str, Any] = {}
+    for name, col in _EQUALS.items():
+        value = getattr(filters, name)
+        if value is not None:
+            conditions.append(f"`{col}` = {{{name}:String}}")
+            parameters[name] = str(value)
+    conditions.append(f"`ts` >= {{since:{_TS}}}")
+    parameters["since"] = _timestamp_parameter(since)
+    if filters.until is not None:
+        conditions.append(f"`ts` < {{until:{_TS}}}")
+        parameters["until"] = _timestamp_parameter(filters.until)
+    sql = (
+        f"SELECT `{column}` AS `{by}`, count() AS requests, "
+        "sum(ifNull(`input_tokens`, 0)) AS input_total, sum(ifNull(`output_tokens`, 0)) AS output_total, "
+        "toString(sum(ifNull(`cost_usd`, toDecimal64(0, 9)))) AS spend_usd, "
+        "countIf(`cost_usd` IS NULL AND (`input_tokens` IS NOT NULL OR `output_tokens` IS NOT NULL)) "
+        "AS unpriced "
+        f"FROM {settings.qualified_table} WHERE {' AND '.join(conditions)} "
+        f"GROUP BY `{by}` ORDER BY toDecimal64(spend_usd, 9) DESC, requests DESC, `{by}`"
+    )
+    return AuditQuery(sql, parameters)
+
+
+def spend_since_query(settings: AuditSettings, day: dt.datetime, month: dt.datetime) -> AuditQuery:
+    """Priced spend per caller and model for the day and the month that started at `day`/`month`
+    (the budgets' rebuild after a restart)."""
+    sql = (
+        "SELECT `key_id`, `user`, `team`, `provider`, `requested_model` AS model, "
+        f"toString(sumIf(ifNull(`cost_usd`, toDecimal64(0, 9)), `ts` >= {{day:{_TS}}})) AS day_usd, "
+        "toString(sum(ifNull(`cost_usd`, toDecimal64(0, 9)))) AS month_usd "
+        f"FROM {settings.qualified_table} WHERE `ts` >= {{month:{_TS}}} "
+        "GROUP BY `key_id`, `user`, `team`, `provider`, `requested_model`"
+    )
+    return AuditQuery(sql, {"day": _timestamp_parameter(day), "month": _timestamp_parameter(month)})

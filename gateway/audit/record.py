@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import operator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -87,6 +88,8 @@ class AuditRecord:
     team: str = ""
     client_address: str = ""
     user_agent: str = ""
+    cost_usd: Decimal | None = None  # None: the model's price (or the usage) is unknown — never 0
+    flags: tuple[str, ...] = ()  # e.g. budget.warn:team-daily.daily_usd, limits.fail_open
 
     def to_wire(self) -> tuple[Any, ...]:
         """A tuple of plain values (inverse: `from_wire`): about 4 times cheaper to pickle than the record.
@@ -177,6 +180,9 @@ class AuditRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in row.items() if k in names}
         kwargs["outcome"] = Outcome(kwargs["outcome"])
+        kwargs["flags"] = tuple(kwargs.get("flags") or ())
+        if kwargs.get("cost_usd") is not None:
+            kwargs["cost_usd"] = Decimal(str(kwargs["cost_usd"]))
         return cls(ts=ts, usage=usage, findings=findings, **kwargs)
 
 

@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -32,6 +33,7 @@ class Column:
 _LC = "LowCardinality(String)"
 _TOKENS = "Nullable(UInt64)"  # unknown token count is NULL, never 0
 _TAGS = "Array(LowCardinality(String))"
+_COST = "Nullable(Decimal(18, 9))"  # exact USD to the nano-dollar; NULL when the price is unknown
 
 # Keys of AuditRecord.to_row(), in table order. tests/audit/test_schema.py keeps them in step.
 COLUMNS: tuple[Column, ...] = (
@@ -75,6 +77,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("finding_actions", _TAGS, default=()),
     Column("client_address", "String"),
     Column("user_agent", _LC),
+    Column("cost_usd", _COST, default=None),
+    Column("flags", _TAGS, default=()),
     Column("request_preview", "String", codec="ZSTD(3)", payload=True),
     Column("response_preview", "String", codec="ZSTD(3)", payload=True),
 )
@@ -127,6 +131,7 @@ _COERCE: dict[str, Callable[[Any], Any]] = {
     "Nullable(Float64)": _nullable(float),
     "Bool": bool,
     _TAGS: lambda v: [_text(item) for item in v or ()],
+    _COST: _nullable(lambda v: Decimal(str(v)).quantize(Decimal("0.000000001"))),
 }
 _COLUMN_COERCE = tuple((c.name, c.default, _COERCE[c.type]) for c in COLUMNS)
 
@@ -196,7 +201,17 @@ class Migration:
     statements: Callable[[AuditSettings], list[str]]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create the audit table", lambda s: [audit_table_ddl(s)]),)
+def _add_columns(settings: AuditSettings, names: Sequence[str]) -> list[str]:
+    """ALTER TABLE … ADD COLUMN IF NOT EXISTS for columns a later version introduced (idempotent)."""
+    by_name = {c.name: c for c in COLUMNS}
+    adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {_column_ddl(by_name[n], settings)}" for n in names)
+    return [f"ALTER TABLE {settings.qualified_table} {adds}"]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create the audit table", lambda s: [audit_table_ddl(s)]),
+    Migration(2, "cost in USD and flags (limits, budgets)", lambda s: _add_columns(s, ("cost_usd", "flags"))),
+)
 schema_version: int = MIGRATIONS[-1].version
 
 

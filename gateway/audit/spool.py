@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,6 +55,8 @@ class SpooledBatch(NamedTuple):
 def _tag_datetime(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return {_DATETIME_TAG: value.isoformat()}
+    if isinstance(value, Decimal):
+        return str(value)  # exact; the column's coercion turns it back into a Decimal
     raise TypeError(f"cannot spool a value of type {type(value).__name__}")
 
 

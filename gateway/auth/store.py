@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from gateway.auth.keys import GatewayKey
 from gateway.auth.settings import key_from_mapping
+from gateway.state.redis_client import call, open_redis
 from gateway.state.settings import StateSettings
 
 log = logging.getLogger("gateway.auth")
@@ -159,14 +160,7 @@ class RedisKeyStore:
     """Keys in a Redis hash shared by every replica."""
 
     def __init__(self, settings: StateSettings) -> None:
-        import redis.asyncio as aioredis
-
-        self._client = aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=max(settings.timeout_s, 2.0),
-            socket_connect_timeout=max(settings.timeout_s, 2.0),
-            health_check_interval=30,
-        )
+        self._client = open_redis(settings, max(settings.timeout_s, 2.0))
         self._hash = f"{settings.prefix}keys"
         self._version_key = f"{settings.prefix}keys:version"
         self._create = self._client.register_script(_CREATE)
@@ -199,9 +193,4 @@ class RedisKeyStore:
         await self._client.aclose()
 
     async def _call(self, awaitable: Any) -> Any:
-        import redis
-
-        try:
-            return await awaitable
-        except (redis.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{self.description}: {type(exc).__name__}") from None
+        return await call(awaitable, self.description, StoreUnavailable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -44,6 +45,7 @@ ERROR_TYPES: dict[ErrorCode, str] = {
     ErrorCode.NOT_FOUND: "not_found_error",
     ErrorCode.REQUEST_TOO_LARGE: "request_too_large",
     ErrorCode.RATE_LIMITED: "rate_limit_error",
+    ErrorCode.BUDGET_EXCEEDED: "rate_limit_error",
     ErrorCode.INTERNAL: "api_error",
     ErrorCode.UPSTREAM_UNREACHABLE: "api_error",
     ErrorCode.UNAVAILABLE: "overloaded_error",
@@ -131,6 +133,17 @@ class AnthropicAdapter:
 
     def stream_error_event(self, err: GatewayError) -> bytes:
         return b"event: error\ndata: " + self.render_error(err) + b"\n\n"
+
+    def rate_limit_headers(self, metric: str, limit: int, reset_s: int) -> dict[str, str]:
+        unit = {"rpm": "requests", "tpm": "tokens"}.get(metric)
+        if unit is None:
+            return {}
+        reset = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=reset_s)
+        return {
+            f"anthropic-ratelimit-{unit}-limit": str(limit),
+            f"anthropic-ratelimit-{unit}-remaining": "0",
+            f"anthropic-ratelimit-{unit}-reset": reset.isoformat().replace("+00:00", "Z"),
+        }
 
 
 class AnthropicAccumulator:

@@ -102,6 +102,10 @@ class ProviderAdapter(Protocol):
 
     def prepare_upstream(self, view: RequestView) -> tuple[bytes, StreamFilter | None]: ...
 
+    def rate_limit_headers(self, metric: str, limit: int, reset_s: int) -> dict[str, str]:
+        """The provider's own rate-limit headers for a 429 the gateway answers (rpm or tpm)."""
+        ...
+
     def response_parser(
         self, view: RequestView, streaming: bool, preview_chars: int, parse_limit: int
     ) -> ResponseParser: ...

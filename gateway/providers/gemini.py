@@ -51,6 +51,7 @@ ERROR_STATUSES: dict[ErrorCode, str] = {
     ErrorCode.NOT_FOUND: "NOT_FOUND",
     ErrorCode.REQUEST_TOO_LARGE: "INVALID_ARGUMENT",
     ErrorCode.RATE_LIMITED: "RESOURCE_EXHAUSTED",
+    ErrorCode.BUDGET_EXCEEDED: "RESOURCE_EXHAUSTED",
     ErrorCode.INTERNAL: "INTERNAL",
     ErrorCode.UPSTREAM_UNREACHABLE: "UNAVAILABLE",
     ErrorCode.UNAVAILABLE: "UNAVAILABLE",
@@ -149,6 +150,9 @@ class GeminiAdapter:
 
     def stream_error_event(self, err: GatewayError) -> bytes:
         return b"data: " + self.render_error(err) + b"\r\n\r\n"
+
+    def rate_limit_headers(self, metric: str, limit: int, reset_s: int) -> dict[str, str]:
+        return {}  # the Gemini API sends no rate-limit headers; retry-after is set for every 429
 
 
 class GeminiAccumulator:

@@ -48,6 +48,7 @@ ERROR_SHAPES: dict[ErrorCode, tuple[str, str | None]] = {
     ErrorCode.NOT_FOUND: ("invalid_request_error", "not_found"),
     ErrorCode.REQUEST_TOO_LARGE: ("invalid_request_error", "request_too_large"),
     ErrorCode.RATE_LIMITED: ("requests", "rate_limit_exceeded"),
+    ErrorCode.BUDGET_EXCEEDED: ("insufficient_quota", "insufficient_quota"),
     ErrorCode.INTERNAL: ("server_error", None),
     ErrorCode.UPSTREAM_UNREACHABLE: ("server_error", "upstream_unreachable"),
     ErrorCode.UNAVAILABLE: ("server_error", "service_unavailable"),
@@ -160,6 +161,16 @@ class OpenAIAdapter:
 
     def stream_error_event(self, err: GatewayError) -> bytes:
         return b"data: " + self.render_error(err) + b"\n\n"
+
+    def rate_limit_headers(self, metric: str, limit: int, reset_s: int) -> dict[str, str]:
+        unit = {"rpm": "requests", "tpm": "tokens"}.get(metric)
+        if unit is None:
+            return {}
+        return {
+            f"x-ratelimit-limit-{unit}": str(limit),
+            f"x-ratelimit-remaining-{unit}": "0",
+            f"x-ratelimit-reset-{unit}": f"{reset_s}s",
+        }
 
 
 def _chat_targets(messages: list[Any]) -> Iterator[tuple[str, str]]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from gateway.audit.record import Finding
     from gateway.auth.policy import PolicyChain
+    from gateway.limits.limiter import Reservation
     from gateway.providers.base import RequestView
 
 
@@ -55,6 +56,8 @@ class StageContext:
     extra: dict[str, object] = field(default_factory=dict)
     provider: str = ""  # the configured provider's name (the route), e.g. "openai" or "vllm"
     policy: PolicyChain | None = None  # key → user → team → global policies; None: no policy applies
+    request_id: str = ""
+    reservation: Reservation | None = None  # set by the limits stage; settled when the exchange ends
 
 
 @runtime_checkable

@@ -31,6 +31,10 @@ class Pipeline:
         for stage in self.stages:
             try:
                 decision = await stage.pre_flight(ctx)
+            except GatewayError as answer:  # a stage's own provider-shaped answer (e.g. a 429)
+                if findings:
+                    answer.findings = (*findings, *answer.findings)
+                raise
             except Exception as exc:
                 log.exception("stage %s failed; denying the request", stage.name)
                 raise GatewayError(

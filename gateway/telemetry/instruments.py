@@ -167,6 +167,34 @@ class Instruments:
             unit="By",
             description="Bytes received from clients (in) and relayed to them (out).",
         )
+        self.cost = LocalSums(("provider", "model", *identity))
+        m.create_observable_counter(
+            "llm_gateway.cost",
+            [self.cost.observe],
+            unit="USD",
+            description="Spend in USD computed from actual usage at the model's price.",
+        )
+        self.cost_unknown = LocalSums(("provider", "model"))
+        m.create_observable_counter(
+            "llm_gateway.cost.unknown",
+            [self.cost_unknown.observe],
+            unit="{request}",
+            description="Requests that used tokens of a model with no known price (cost unknown, not 0).",
+        )
+        self.limit_rejections = LocalSums(("rule",))
+        m.create_observable_counter(
+            "llm_gateway.limits.rejections",
+            [self.limit_rejections.observe],
+            unit="{request}",
+            description="Requests refused by a rate limit, concurrency cap or budget, by rule.",
+        )
+        self.flags = LocalSums(("flag",))
+        m.create_observable_counter(
+            "llm_gateway.flags",
+            [self.flags.observe],
+            unit="{request}",
+            description="Audit flags raised: budget warnings, limits not enforced, cost unknown.",
+        )
         self.findings = LocalSums(("rule", "category", "severity", "location", "action"))
         m.create_observable_counter(
             "llm_gateway.scanner.findings",
@@ -242,6 +270,14 @@ class Instruments:
         for f in record.findings:
             location = "response" if f.location.startswith("response") else "request"
             self.findings.add((f.rule, f.category, f.severity, location, f.action))
+        if record.cost_usd is not None:
+            self.cost.add((provider, model, *identity), float(record.cost_usd))
+        for flag in record.flags:
+            if flag == "cost.unknown":
+                self.cost_unknown.add((provider, model))
+            self.flags.add((flag,))
+        if record.rejection_rule.startswith("limits."):
+            self.limit_rejections.add((record.rejection_rule,))
         usage = record.usage
         for token_type, count in (
             ("input", usage.input_tokens),

@@ -72,13 +72,28 @@ def test_migrations_are_recorded_once_across_restarts(settings: AuditSettings) -
         store.open()
         rows = migration_rows(store)
         store.close()
-        assert rows == [{"table_name": "audit_log", "version": 1}]
-    assert schema_version == MIGRATIONS[-1].version == 1
+        assert rows == [{"table_name": "audit_log", "version": 1}, {"table_name": "audit_log", "version": 2}]
+    assert schema_version == MIGRATIONS[-1].version == 2
+
+
+def test_a_version_1_table_gets_the_cost_and_flags_columns(settings: AuditSettings) -> None:
+    client = clickhouse_connect.get_client(**client_arguments(settings))
+    try:
+        assert migrate(client, settings, MIGRATIONS[:1]) == [1]
+        client.command(f"ALTER TABLE {settings.qualified_table} DROP COLUMN cost_usd, DROP COLUMN flags")
+        assert migrate(client, settings) == [2]
+        columns = dict(
+            (row[0], row[1]) for row in client.query(f"DESCRIBE TABLE {settings.qualified_table}").result_rows
+        )
+    finally:
+        client.close()
+    assert columns["cost_usd"] == "Nullable(Decimal(18, 9))"
+    assert columns["flags"] == "Array(LowCardinality(String))"
 
 
 def test_a_new_migration_is_applied_once(settings: AuditSettings) -> None:
     add_column = Migration(
-        2,
+        3,
         "add a column",
         lambda s: [
             f"ALTER TABLE {s.qualified_table} ADD COLUMN IF NOT EXISTS `region` LowCardinality(String)"
@@ -86,8 +101,8 @@ def test_a_new_migration_is_applied_once(settings: AuditSettings) -> None:
     )
     client = clickhouse_connect.get_client(**client_arguments(settings))
     try:
-        assert migrate(client, settings) == [1]
-        assert migrate(client, settings, (*MIGRATIONS, add_column)) == [2]
+        assert migrate(client, settings) == [1, 2]
+        assert migrate(client, settings, (*MIGRATIONS, add_column)) == [3]
         assert migrate(client, settings, (*MIGRATIONS, add_column)) == []
         columns = client.query(f"DESCRIBE TABLE {settings.qualified_table}").result_rows
     finally:

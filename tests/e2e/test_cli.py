@@ -165,9 +165,12 @@ async def serve(tmp_path: Path, emulator: Emulator) -> AsyncIterator[ServeFactor
     """Factory: `gw = await serve(server={...})` starts a ready gateway process; killed after the test."""
     started: list[ServedGateway] = []
 
-    async def start(**sections: dict[str, Any]) -> ServedGateway:
-        config_path = write_config(tmp_path, emulator, **sections)
-        log_path = tmp_path / f"gateway-{len(started)}.log"
+    async def start(directory: Path | None = None, **sections: dict[str, Any]) -> ServedGateway:
+        """`directory` (default the test's tmp_path) holds its config, audit store, spool and state."""
+        directory = directory or tmp_path
+        directory.mkdir(parents=True, exist_ok=True)
+        config_path = write_config(directory, emulator, **sections)
+        log_path = directory / f"gateway-{len(started)}.log"
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,

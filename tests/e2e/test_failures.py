@@ -411,8 +411,8 @@ TRUNCATED_BODY_ERRORS: dict[str, type[Exception]] = {
 @pytest.mark.parametrize(
     ("scenario", "outcome", "error_type"),
     [
-        ("large-body:1000000,stall-after:2", "timeout", "idle_timeout"),
-        ("large-body:1000000,drop-mid-stream", "upstream_unreachable", "upstream_disconnected"),
+        ("large-body:1000000,stall-after:6", "timeout", "idle_timeout"),  # past the 256 KiB collected
+        ("large-body:1000000,drop-mid-stream:6", "upstream_unreachable", "upstream_disconnected"),
     ],
 )
 async def test_large_body_cut_off_mid_relay_is_cut_off_for_the_client_too(
