@@ -23,25 +23,29 @@ from gateway.stages.base import Stage
 from gateway.stages.limits import LimitStage
 from gateway.stages.pipeline import Pipeline
 from gateway.stages.policy import PolicyStage
-from gateway.stages.scan.stage import ScanOptions, ScanStage
+from gateway.stages.scan.guard import Guard
+from gateway.stages.scan.scanner import build_engine
+from gateway.stages.scan.stage import GuardStage
 from gateway.telemetry.setup import Telemetry, build_telemetry
 
 log = logging.getLogger("gateway")
 
 
-def build_stages(config: GatewayConfig, limiter: Limiter) -> Pipeline:
+def build_guard(config: GatewayConfig) -> Guard | None:
+    """The detectors with their engine, allowlists and action tables (None: guards are off)."""
+    settings = config.guards
+    if not settings.enabled:
+        return None
+    return Guard(settings, engine=lambda detectors: build_engine(detectors, settings.engine))
+
+
+def build_stages(config: GatewayConfig, limiter: Limiter, guard: Guard | None) -> Pipeline:
     """The configured pre-flight stages, in order: policy first (cheapest, and it may clamp the body),
-    limits last (only a request about to go upstream reserves rate and budget)."""
+    then the guards (they see the body that would be sent), limits last (only a request about to
+    go upstream reserves rate and budget)."""
     stages: list[Stage] = [PolicyStage()]
-    if config.scanner.enabled:
-        stages.append(
-            ScanStage(
-                ScanOptions(
-                    disabled_rules=frozenset(config.scanner.disabled_rules),
-                    max_text_chars=config.scanner.max_text_chars,
-                )
-            )
-        )
+    if guard is not None:
+        stages.append(GuardStage(guard))
     if limiter.enabled:
         stages.append(LimitStage(limiter))
     return Pipeline(stages)
@@ -66,13 +70,15 @@ def build_app(
     """A complete gateway app; tests build their own with their own config, writer and telemetry."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     limiter = build_limiter(config)
+    guard = build_guard(config)
     gateway = Gateway(
         config,
-        build_stages(config, limiter),
+        build_stages(config, limiter, guard),
         writer or AuditWriter(config.audit),
         telemetry or build_telemetry(config),
         build_access(config),
         limiter,
+        guard,
     )
     app[GATEWAY] = gateway
     app.router.add_get("/healthz", admin.healthz)

@@ -168,7 +168,7 @@ def reload_config(app: web.Application, config_path: str | None, overrides: dict
     gateway.access.configure(config)
     unchanged = [
         name
-        for name in ("server", "timeouts", "audit", "capture", "scanner", "telemetry", "state")
+        for name in ("server", "timeouts", "audit", "capture", "guards", "telemetry", "state")
         if getattr(config, name) != getattr(gateway.config, name)
     ]
     if {n: (p.kind, p.base_url) for n, p in config.providers.items()} != {

@@ -20,6 +20,7 @@ from gateway.auth.policy import Policy
 from gateway.auth.settings import AuthSettings, Team, User, parse_keys, parse_teams, parse_users
 from gateway.limits.settings import LimitsSettings
 from gateway.pricing.table import PricingError, load_table
+from gateway.stages.scan.settings import GuardSettings
 from gateway.state.settings import StateSettings
 from gateway.telemetry.settings import TelemetrySettings
 
@@ -80,13 +81,6 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ScannerConfig:
-    enabled: bool = True
-    disabled_rules: tuple[str, ...] = ()
-    max_text_chars: int = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
 class CaptureConfig:
     """What of each exchange the audit keeps besides metadata; bounded per request."""
 
@@ -112,7 +106,7 @@ class GatewayConfig:
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     audit: AuditSettings = field(default_factory=AuditSettings)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
-    scanner: ScannerConfig = field(default_factory=ScannerConfig)
+    guards: GuardSettings = field(default_factory=GuardSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     state: StateSettings = field(default_factory=StateSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -254,6 +248,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raw.setdefault(section, {})[name] = value
         else:
             raw[section] = value
+    if "scanner" in raw:
+        raise ConfigError("scanner: this section is now called guards (same keys: enabled, disabled_rules)")
     providers = _providers(raw.pop("providers", None))
     teams = parse_teams(raw.pop("teams", None))
     users = parse_users(raw.pop("users", None), teams)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from gateway.audit.content import AuditContent, Redact
 from gateway.audit.record import AuditRecord, Finding, Outcome
 from gateway.errors import ErrorCode, GatewayError
 from gateway.observe import RequestDigest
@@ -15,6 +16,10 @@ from gateway.providers.base import RequestView, ResponseSummary
 
 if TYPE_CHECKING:
     from gateway.limits.limiter import Reservation
+    from gateway.stages.scan.guard import SensitiveValues
+    from gateway.stages.scan.output import ResponseGuard
+
+FULL_CONTENT = AuditContent("full")
 
 # How each gateway error ends up in the audit's outcome column.
 OUTCOME_FOR_ERROR: dict[ErrorCode, Outcome] = {
@@ -77,6 +82,8 @@ class Exchange:
     priced: bool = False
     flags: list[str] = field(default_factory=list)
     reservation: Reservation | None = None  # rate-limit and budget holds, settled at the finish
+    response_guard: ResponseGuard | None = None  # watches the model's output (guards)
+    sensitive: SensitiveValues | None = field(default=None, repr=False)  # matched secrets, in flight only
 
     def fail(self, err: GatewayError, error_type: str = "") -> None:
         """Record that the gateway answered with (or ended on) this error."""
@@ -87,11 +94,13 @@ class Exchange:
         if err.rule:
             self.rejection_rule = err.rule
 
-    def record(self) -> AuditRecord:
-        """The immutable audit row for this exchange."""
+    def record(self, content: AuditContent = FULL_CONTENT, redact: Redact | None = None) -> AuditRecord:
+        """The immutable audit row for this exchange, keeping what `content` allows of its content."""
         view = self.view
         s = self.summary
         now = self.finished_at or time.perf_counter()
+        # The gateway's own error messages carry no content; the upstream's may echo it.
+        error_message = self.error_message or content.text(s.error_message, 500, redact)
         return AuditRecord(
             ts=self.ts,
             request_id=self.request_id,
@@ -111,15 +120,15 @@ class Exchange:
             response_id=s.response_id,
             stream=view.stream if view is not None else False,
             error_type=self.error_type or s.error_type,
-            error_message=self.error_message or s.error_message,
+            error_message=error_message,
             request_bytes=self.request_bytes,
             response_bytes=self.relayed.size,
-            request_sha256=self.request_sha256,
-            response_sha256=self.relayed.hexdigest(),
+            request_sha256=self.request_sha256 if content.keeps_hashes else "",
+            response_sha256=self.relayed.hexdigest() if content.keeps_hashes else "",
             usage=s.usage,
             finish_reason=s.finish_reason,
-            request_preview=self.request_preview,
-            response_preview=s.preview,
+            request_preview=content.text(self.request_preview, content.request_chars, redact),
+            response_preview=content.text(s.preview, content.response_chars, redact),
             findings=tuple(self.findings),
             rejection_rule=self.rejection_rule,
             key_id=self.key_id,

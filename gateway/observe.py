@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.providers.base import ResponseParser, ResponseSummary
@@ -98,18 +99,26 @@ class RequestDigest:
 
 
 class ResponseObserver:
-    """Fed each upstream chunk: decodes a copy and parses it; never keeps the whole body."""
+    """Fed each upstream chunk: decodes a copy and parses it; never keeps the whole body.
 
-    __slots__ = ("_decoder", "_parser", "parse_errors")
+    `sink`, when given, also gets every decoded piece (the output guard reads beside the parser).
+    """
 
-    def __init__(self, parser: ResponseParser, content_encoding: str) -> None:
+    __slots__ = ("_decoder", "_parser", "_sink", "parse_errors")
+
+    def __init__(
+        self, parser: ResponseParser, content_encoding: str, sink: Callable[[bytes], None] | None = None
+    ) -> None:
         self._parser = parser
         self._decoder = decoder_for(content_encoding)
+        self._sink = sink
         self.parse_errors = 0
 
     def feed(self, chunk: bytes) -> None:
         for piece in self._decoder.decode(chunk):
             self._parser.feed(piece)
+            if self._sink is not None:
+                self._sink(piece)
 
     def summary(self) -> ResponseSummary:
         return self._parser.summary()

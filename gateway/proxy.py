@@ -16,10 +16,11 @@ from gateway.audit.record import Outcome
 from gateway.auth.access import Caller, inject_credential, without_query_credential
 from gateway.errors import ErrorCode, GatewayError
 from gateway.exchange import Exchange
-from gateway.observe import ResponseObserver, accept_encoding
+from gateway.observe import ResponseObserver, accept_encoding, decoder_for
 from gateway.providers.base import ProviderAdapter, RequestView, StreamFilter
 from gateway.runtime import GATEWAY, Gateway, Route
 from gateway.stages.base import StageContext
+from gateway.stages.scan.output import OutputBlocked
 
 log = logging.getLogger("gateway.proxy")
 
@@ -43,6 +44,7 @@ HOP_BY_HOP = frozenset(
 REQUEST_ID_HEADER = "x-gateway-request-id"
 COST_HEADER = "x-gateway-cost-usd"  # on non-streamed responses whose usage is priced
 SMALL_BODY_BYTES = 256 * 1024  # complete bodies up to this size are relayed in one write
+OUTPUT_BLOCKED = "guard_blocked"  # error_type of an exchange whose output a guard blocked
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -60,7 +62,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, gw.config.server.max_body_bytes)
         ex.client_wait += time.perf_counter() - reading
         ex.request_bytes, ex.request_sha256 = len(body), hashlib.sha256(body).hexdigest()
-        ex.request_preview = body[: gw.config.capture.request_preview_chars].decode("utf-8", "replace")
+        ex.request_preview = body[: gw.content.capture_request_chars].decode("utf-8", "replace")
         query = without_query_credential(request.query_string) if caller.substitutes else request.query_string
         view = route.adapter.parse_request(request.method, "/" + request.match_info["path"], query, body)
         ex.view = view
@@ -77,7 +79,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         try:
             result = await gw.pipeline.pre_flight(ctx)
         finally:
-            ex.reservation = ctx.reservation
+            ex.reservation, ex.sensitive = ctx.reservation, ctx.sensitive
+            ex.flags.extend(ctx.flags)
+        ex.response_guard = ctx.response_guard
         ex.findings.extend(result.findings)
         if result.body is not None:
             view.body = result.body
@@ -158,7 +162,10 @@ async def forward_and_relay(
 ) -> web.StreamResponse:
     """Send the request upstream and relay the response chunk by chunk as it arrives."""
     body, stream_filter = route.adapter.prepare_upstream(view)
-    headers = upstream_headers(request.headers, stream_filter is not None)
+    guard = ex.response_guard
+    holds_output = guard is not None and (guard.holds_stream if view.stream else guard.holds_body)
+    # What the gateway rewrites or checks before sending must arrive uncompressed.
+    headers = upstream_headers(request.headers, stream_filter is not None or holds_output)
     if caller.provider_secret is not None:  # a gateway key: the provider's key replaces the caller's
         inject_credential(headers, route.credential_header(caller.provider_secret))
     timeouts = route.timeouts
@@ -213,22 +220,35 @@ async def relay(
         gw.telemetry.stream_opened(ex)
     else:
         stream_filter = None  # e.g. an upstream error body for a stream request: relay as-is
-    capture = gw.config.capture
+    guard = ex.response_guard = ex.response_guard if upstream.status < 400 else None  # errors carry no output
+    sink = None
+    if guard is not None:
+        if streaming and guard.holds_stream:
+            stream_filter = FilterChain.of(stream_filter, guard.stream())
+        else:
+            if streaming:
+                guard.stream()  # watches a decoded copy of the stream (log mode)
+            sink = guard.observe
     observer = ResponseObserver(
         route.adapter.response_parser(
-            view, streaming, capture.response_preview_chars, capture.parse_limit_bytes
+            view, streaming, gw.content.capture_response_chars, gw.config.capture.parse_limit_bytes
         ),
         upstream.headers.get("Content-Encoding", ""),
+        sink,
     )
     prefix = b""
     if not streaming:
+        holding = guard is not None and guard.holds_body
+        limit = max(SMALL_BODY_BYTES, gw.config.guards.max_output_bytes) if holding else SMALL_BODY_BYTES
         length = upstream.content_length
-        if length is not None and length <= SMALL_BODY_BYTES:
+        if length is not None and length <= limit:
             return await relay_small_body(gw, route, request, ex, upstream, observer)
-        if length is None:  # chunked: most complete JSON bodies are small — send them in one write too
-            prefix, complete_body = await read_prefix(route, ex, upstream, SMALL_BODY_BYTES)
+        if length is None or holding:  # most complete JSON bodies are small: one write for them too
+            prefix, complete_body = await read_prefix(route, ex, upstream, limit)
             if complete_body:
                 return await relay_small_body(gw, route, request, ex, upstream, observer, prefix)
+        if holding and guard is not None:
+            guard.too_large_to_hold()
     response = web.StreamResponse(
         status=upstream.status,
         reason=upstream.reason,
@@ -257,6 +277,8 @@ async def relay(
                 if ex.first_chunk is None:
                     ex.first_chunk = arrived
                 observer.feed(chunk)
+                if guard is not None and guard.stopped is not None:
+                    raise guard.stopped  # a stream relayed as it comes: the match was just seen
                 out = stream_filter.filter(chunk) if stream_filter is not None else chunk
                 if out:
                     idle_timer.reschedule(None)  # a slow client is not an idle upstream
@@ -270,6 +292,8 @@ async def relay(
             ex.relayed.update(rest)
             await response.write(rest)
         complete = True
+    except OutputBlocked as blocked:
+        await end_blocked_stream(route.adapter, request, response, ex, blocked)
     except TimeoutError:
         ex.upstream_wait += clock() - waiting  # the idle wait that timed out was the upstream's
         err = idle_timeout_error(route)
@@ -287,6 +311,31 @@ async def relay(
     if not client_gone(request):
         await response.write_eof()
     return response
+
+
+class FilterChain:
+    """Stream filters applied one after the other (e.g. usage stripping, then the output guard)."""
+
+    __slots__ = ("_filters",)
+
+    def __init__(self, filters: list[StreamFilter]) -> None:
+        self._filters = filters
+
+    @classmethod
+    def of(cls, *filters: StreamFilter | None) -> StreamFilter:
+        present = [f for f in filters if f is not None]
+        return present[0] if len(present) == 1 else cls(present)
+
+    def filter(self, chunk: bytes) -> bytes:
+        for f in self._filters:
+            chunk = f.filter(chunk)
+        return chunk
+
+    def flush(self) -> bytes:
+        rest = b""
+        for f in self._filters:
+            rest = f.filter(rest) + f.flush() if rest else f.flush()
+        return rest
 
 
 async def read_prefix(
@@ -343,20 +392,70 @@ async def relay_small_body(
             ex.upstream_wait += time.perf_counter() - reading
     observer.feed(body)
     ex.summary = observer.summary()
-    ex.relayed.update(body)
     settle_outcome(ex, upstream.status)
     headers = response_headers(upstream, ex, transformed=True)  # aiohttp sets Content-Length
+    guard = ex.response_guard
+    if guard is not None and guard.holds_body:
+        try:
+            body = guard.check_body(decoded_body(body, headers, gw.config.guards.max_output_bytes))
+        except OutputBlocked as blocked:
+            gw.price(ex)  # the tokens were spent all the same
+            ex.fail(blocked.error, error_type=OUTPUT_BLOCKED)
+            return await send(request, ex, error_response(route.adapter, blocked.error, ex))
+    ex.relayed.update(body)
     cost = gw.price(ex)
     if cost is not None:
         headers[COST_HEADER] = f"{cost:f}"
     response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
-    # Sent here, not after the handler returns: the audit record and telemetry come after the client has it.
+    return await send(request, ex, response)
+
+
+async def send(request: web.Request, ex: Exchange, response: web.Response) -> web.Response:
+    """Sent here, not after the handler returns: the audit record and telemetry come after the
+    client has its answer."""
     try:
         await response.prepare(request)
         await response.write_eof()
     except ConnectionResetError:
         ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
     return response
+
+
+def decoded_body(body: bytes, headers: CIMultiDict[str], limit: int) -> bytes:
+    """A complete body the gateway must read, uncompressed (and its Content-Encoding dropped).
+
+    The gateway asked for identity; an upstream that compresses anyway is decoded here.
+    """
+    encoding = headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    decoded = b"".join(decoder_for(encoding).decode(body))
+    if len(decoded) > limit:
+        return body  # not held: the guard's JSON parse fails and the body goes out as it came
+    del headers["Content-Encoding"]
+    return decoded
+
+
+async def end_blocked_stream(
+    adapter: ProviderAdapter,
+    request: web.Request,
+    response: web.StreamResponse,
+    ex: Exchange,
+    blocked: OutputBlocked,
+) -> None:
+    """A guard blocked the output mid-stream: what was cleared goes out, then the provider's
+    own error event, and the stream ends (the upstream call is cancelled)."""
+    ex.fail(blocked.error, error_type=OUTPUT_BLOCKED)
+    ex.status = response.status
+    event = adapter.stream_error_event(blocked.error)
+    try:
+        for data in (blocked.released, event):
+            if data:
+                await response.write(data)
+                ex.relayed.update(data)
+    except ConnectionResetError:
+        if client_gone(request):
+            ex.outcome, ex.error_type = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
 
 
 def settle_outcome(ex: Exchange, status: int) -> None:

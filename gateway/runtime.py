@@ -11,6 +11,7 @@ from decimal import Decimal
 import aiohttp
 from aiohttp import web
 
+from gateway.audit.content import AuditContent
 from gateway.audit.writer import AuditWriter
 from gateway.auth.access import Access
 from gateway.config import GatewayConfig, ProviderConfig, Timeouts
@@ -19,6 +20,7 @@ from gateway.exchange import Exchange
 from gateway.limits.limiter import FLAG_COST_UNKNOWN, Limiter
 from gateway.providers import ADAPTERS, ProviderAdapter
 from gateway.stages.pipeline import Pipeline
+from gateway.stages.scan.guard import Guard
 from gateway.telemetry.setup import Telemetry
 
 access_log = logging.getLogger("gateway.access")
@@ -52,8 +54,14 @@ class Gateway:
         telemetry: Telemetry,
         access: Access,
         limiter: Limiter,
+        guard: Guard | None = None,
     ) -> None:
         self.config = config
+        self.guard = guard
+        capture = config.capture
+        self.content = AuditContent(
+            config.audit.content, capture.request_preview_chars, capture.response_preview_chars
+        )
         self.limiter = limiter
         self.pricing = limiter.pricing
         self.pipeline = pipeline
@@ -135,7 +143,14 @@ class Gateway:
         if ex.reservation is not None:
             ex.flags.extend(ex.reservation.flags)
             self.limiter.settle_soon(ex.reservation, ex.summary.usage, cost, ex.first_byte is not None)
-        record = ex.record()
+        guard = ex.response_guard
+        if guard is not None:
+            guard.close()  # scans what it observed of a body relayed as it came
+            ex.findings.extend(guard.findings.all())
+            if ex.sensitive is not None:
+                ex.sensitive.update(guard.sensitive)
+        redact = self.guard.audit_redactor(ex.sensitive) if self.guard and self.content.redacts else None
+        record = ex.record(self.content, redact)
         self.writer.submit(record)
         self.telemetry.finish(ex, record)
         if self.log_requests:

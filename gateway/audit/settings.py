@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCHEMES = ("chdb", "http", "https")
+CONTENT_MODES = ("full", "redacted", "hash_only", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,10 @@ class AuditSettings:
     within `process_timeout_s` (opening gets at least 120 s), is killed, the batch is spooled,
     and the next call starts a new child. `thread`: on a thread of the gateway process, for
     environments where subprocesses are unwanted (it costs request latency under load).
+
+    `content` is what a row keeps of the exchange's content: `full` (the previews as captured),
+    `redacted` (previews with every credential and PII match replaced by a placeholder),
+    `hash_only` (no content; the SHA-256 of the request and the response) or `none` (neither).
     """
 
     dsn: str = "chdb://./data/audit"
@@ -39,8 +44,11 @@ class AuditSettings:
     max_queue: int = 100_000
     isolation: str = "process"
     process_timeout_s: float = 300.0
+    content: str = "redacted"
 
     def __post_init__(self) -> None:
+        if self.content not in CONTENT_MODES:
+            raise ValueError(f"audit.content must be one of {', '.join(CONTENT_MODES)}, got {self.content!r}")
         scheme = urlsplit(self.dsn).scheme
         if scheme not in _SCHEMES:
             raise ValueError(

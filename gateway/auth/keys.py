@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gateway.auth.policy import EMPTY_POLICY, Patterns, Policy
+from gateway.auth.policy import EMPTY_POLICY, GuardPolicy, Patterns, Policy
 
 SECRET_PREFIX = "lgw_"
 HASH_PREFIX = "sha256:"
@@ -152,6 +152,8 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
             }
         elif isinstance(value, tuple):
             out[f.name] = list(value)
+        elif isinstance(value, GuardPolicy):
+            out[f.name] = {"actions": value.actions, **({"bypass": True} if value.bypass else {})}
         else:
             out[f.name] = value
     return out

@@ -14,6 +14,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
+
+from gateway.stages.scan.actions import ActionTable
+from gateway.stages.scan.detectors import SELECTORS
 
 LEVELS = ("key", "user", "team", "global")  # most specific first
 MAX_TOKENS_ACTIONS = ("reject", "clamp")
@@ -30,6 +34,19 @@ class Patterns:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardPolicy:
+    """A level's guard settings: an action table over the global one, and (keys only) `bypass` —
+    a trusted caller (e.g. an evaluation job) whose findings are only logged, the row flagged."""
+
+    actions: dict[str, Any] = field(default_factory=dict)
+    bypass: bool = False
+    table: ActionTable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", ActionTable.parse(self.actions, SELECTORS, "guards.actions"))
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """One level's settings; None (or an empty Patterns) leaves the decision to the next level.
 
@@ -40,6 +57,7 @@ class Policy:
     `max_output_tokens` caps `max_tokens` / `max_output_tokens` / `maxOutputTokens`; over the cap
     the request is rejected or clamped (`max_tokens_action`); a request that sets no cap gets it.
     `source_addresses` are CIDRs (or single addresses) the caller must connect from.
+    `guards` overrides what guards do with findings (see gateway/stages/scan/actions.py).
     """
 
     providers: Patterns = field(default_factory=Patterns)
@@ -49,6 +67,7 @@ class Policy:
     max_tokens_action: str | None = None
     streaming: bool | None = None
     source_addresses: tuple[str, ...] | None = None
+    guards: GuardPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens_action is not None and self.max_tokens_action not in MAX_TOKENS_ACTIONS:

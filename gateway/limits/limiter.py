@@ -92,7 +92,7 @@ class Limiter:
         """(input, output) tokens a request may use: text/4 rounded up, and its output cap."""
         if not view.endpoint.gen_ai_operation:
             return 0, 0
-        chars = sum(len(text) for _, text in view.scan_targets())
+        chars = sum(len(t.text) for t in view.scan_targets())
         input_tokens = math.ceil(chars / 4)
         if view.endpoint.gen_ai_operation == "embeddings":
             return input_tokens, 0

@@ -13,10 +13,13 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.providers.base import (
     OPAQUE,
     Endpoint,
+    JsonPath,
     RequestView,
     ResponseParser,
     ResponseSummary,
     StreamFilter,
+    StreamText,
+    TextTarget,
     load_json_object,
 )
 from gateway.providers.parsing import (
@@ -24,9 +27,9 @@ from gateway.providers.parsing import (
     PreviewText,
     StreamResponseParser,
     as_int,
-    json_text,
     loads,
-    text_of,
+    text_targets,
+    value_target,
 )
 from gateway.sse import SSEEvent
 
@@ -89,33 +92,63 @@ class AnthropicAdapter:
             }
         return view
 
-    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-        for text in text_of(body.get("system")):
-            yield "system", text
-        for msg in body.get("messages") or ():
+    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[TextTarget]:
+        yield from text_targets("system", body.get("system"), ("system",))
+        messages = body.get("messages")
+        for i, msg in enumerate(messages if isinstance(messages, list) else ()):
             if not isinstance(msg, dict):
                 continue
             role = "assistant" if msg.get("role") == "assistant" else "user"
             content = msg.get("content")
+            path: JsonPath = ("messages", i, "content")
             if isinstance(content, str):
-                yield role, content
+                yield from text_targets(role, content, path)
                 continue
-            for block in content if isinstance(content, list) else ():
+            for j, block in enumerate(content if isinstance(content, list) else ()):
                 if not isinstance(block, dict):
                     continue
                 kind = block.get("type")
                 if kind == "text":
-                    yield role, str(block.get("text") or "")
+                    yield from value_target(role, block, "text", (*path, j))
                 elif kind == "tool_result":
-                    for text in text_of(block.get("content")):
-                        yield "tool_result", text
+                    yield from text_targets("tool_result", block.get("content"), (*path, j, "content"))
                 elif kind == "tool_use":
-                    yield "tool_call", json_text(block.get("input"))
+                    yield from value_target("tool_call", block, "input", (*path, j))
         if isinstance(body.get("prompt"), str):
-            yield "user", body["prompt"]
-        for tool in body.get("tools") or ():
-            if isinstance(tool, dict) and isinstance(tool.get("description"), str):
-                yield "tool_definition", tool["description"]
+            yield from value_target("user", body, "prompt", ())
+        tools = body.get("tools")
+        for i in range(len(tools) if isinstance(tools, list) else 0):
+            yield from value_target("tool_definition", tools, i, ("tools",))
+
+    def output_targets(self, body: Any) -> Iterator[TextTarget]:
+        content = body.get("content") if isinstance(body, dict) else None
+        for i, block in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "text":
+                yield from value_target("output", block, "text", ("content", i))
+            elif block.get("type") == "tool_use":
+                yield from value_target("output_tool_call", block, "input", ("content", i))
+        yield from value_target("output", body, "completion", ())  # legacy text completions
+
+    def stream_texts(self, data: Mapping[str, Any]) -> list[StreamText]:
+        # Thinking deltas are left alone: thinking blocks are signed, a changed one is refused.
+        kind = data.get("type")
+        index = data.get("index", 0)
+        if kind == "content_block_delta":
+            delta = data.get("delta")
+            if not isinstance(delta, dict):
+                return []
+            if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                return [StreamText(("text", index), "output", ("delta", "text"), delta["text"])]
+            if delta.get("type") == "input_json_delta" and isinstance(delta.get("partial_json"), str):
+                path: JsonPath = ("delta", "partial_json")
+                return [StreamText(("tool", index), "output_tool_call", path, delta["partial_json"])]
+        elif kind == "content_block_start":
+            block = data.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "text" and block.get("text"):
+                return [StreamText(("text", index), "output", ("content_block", "text"), block["text"])]
+        return []
 
     def prepare_upstream(self, view: RequestView) -> tuple[bytes, StreamFilter | None]:
         return view.body, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -22,6 +22,54 @@ class Endpoint:
 
 
 OPAQUE = Endpoint(operation="passthrough", gen_ai_operation="", json_body=False)
+
+# Where a text sits in an exchange, in every provider's vocabulary (guards act per location).
+REQUEST_LOCATIONS = ("system", "user", "assistant", "tool_definition", "tool_call", "tool_result")
+RESPONSE_LOCATIONS = ("output", "output_tool_call")
+
+JsonPath = tuple[str | int, ...]
+
+
+class TextTarget(NamedTuple):
+    """One text of a request or response body that guards look at, and where it sits.
+
+    `path` leads from the parsed JSON body to the value, so a guard can rewrite it. A
+    `structured` target is a JSON object or array (tool arguments, function responses) whose
+    `text` is its compact JSON serialisation.
+    """
+
+    location: str
+    text: str
+    path: JsonPath = ()
+    structured: bool = False
+
+
+class StreamText(NamedTuple):
+    """A text carried by one parsed stream event.
+
+    A `delta` continues the running text of its `channel` (one per choice, content block or
+    tool call), so a match may span events; otherwise `text` is whole (a final event repeating
+    the full output) and is scanned on its own. `path` leads from the event's JSON to the value.
+    """
+
+    channel: tuple[str | int, ...]
+    location: str
+    path: JsonPath
+    text: str
+    delta: bool = True
+    structured: bool = False
+
+
+def target(location: str, path: JsonPath, value: Any) -> TextTarget | None:
+    """A target for `value` at `path`: strings as they are, objects and arrays as their JSON."""
+    if isinstance(value, str):
+        return TextTarget(location, value, path) if value else None
+    if isinstance(value, dict | list) and value:
+        try:
+            return TextTarget(location, orjson.dumps(value).decode(), path, structured=True)
+        except TypeError:
+            return None
+    return None
 
 
 @dataclass(slots=True)
@@ -43,8 +91,8 @@ class RequestView:
     def known(self) -> bool:
         return self.endpoint is not OPAQUE
 
-    def scan_targets(self) -> Iterator[tuple[str, str]]:
-        """(location, text) pairs a scanner should look at: system, user, tool_result, …"""
+    def scan_targets(self) -> Iterator[TextTarget]:
+        """The texts a guard should look at (system, user, tool_result, …), with their paths."""
         if self.json is None:
             return iter(())
         return self.adapter.scan_targets(self.json)
@@ -90,7 +138,15 @@ class ProviderAdapter(Protocol):
 
     def parse_request(self, method: str, path: str, query: str, body: bytes) -> RequestView: ...
 
-    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]: ...
+    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[TextTarget]: ...
+
+    def output_targets(self, body: Any) -> Iterator[TextTarget]:
+        """The model's output in a complete JSON response body (`output`, `output_tool_call`)."""
+        ...
+
+    def stream_texts(self, data: Mapping[str, Any]) -> list[StreamText]:
+        """The output texts one parsed stream event carries."""
+        ...
 
     def credential_header(self, secret: str) -> tuple[str, str]:
         """The header that carries the server-side provider key (gateway-key callers)."""

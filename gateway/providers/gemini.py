@@ -13,10 +13,13 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.providers.base import (
     OPAQUE,
     Endpoint,
+    JsonPath,
     RequestView,
     ResponseParser,
     ResponseSummary,
     StreamFilter,
+    StreamText,
+    TextTarget,
     load_json_object,
 )
 from gateway.providers.parsing import (
@@ -25,9 +28,8 @@ from gateway.providers.parsing import (
     StreamResponseParser,
     as_int,
     dig,
-    json_text,
     loads,
-    text_of,
+    value_target,
 )
 from gateway.sse import SSEEvent
 
@@ -106,33 +108,51 @@ class GeminiAdapter:
             }
         return view
 
-    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-        system = body.get("systemInstruction") or body.get("system_instruction")
-        if isinstance(system, dict):
-            for text in text_of(system.get("parts")):
-                yield "system", text
+    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[TextTarget]:
+        for name in ("systemInstruction", "system_instruction"):
+            system = body.get(name)
+            if isinstance(system, dict):
+                yield from _parts_targets(system.get("parts"), (name, "parts"), "system", "system")
         contents = body.get("contents")
-        if isinstance(body.get("content"), dict):  # embedContent
-            contents = [body["content"]]
-        for content in contents if isinstance(contents, list) else ():
-            if not isinstance(content, dict):
-                continue
-            location = _ROLES.get(str(content.get("role") or "user"), "user")
-            for part in content.get("parts") or ():
-                if not isinstance(part, dict):
-                    continue
-                if isinstance(part.get("text"), str):
-                    yield location, part["text"]
-                response = part.get("functionResponse") or part.get("function_response")
-                if isinstance(response, dict):
-                    yield "tool_result", json_text(response.get("response"))
-                call = part.get("functionCall") or part.get("function_call")
-                if isinstance(call, dict):
-                    yield "tool_call", json_text(call.get("args"))
-        for tool in body.get("tools") or ():
-            for decl in dig(tool, "functionDeclarations") or dig(tool, "function_declarations") or ():
-                if isinstance(decl, dict) and isinstance(decl.get("description"), str):
-                    yield "tool_definition", decl["description"]
+        for i, content in enumerate(contents if isinstance(contents, list) else ()):
+            if isinstance(content, dict):
+                location = _ROLES.get(str(content.get("role") or "user"), "user")
+                path: JsonPath = ("contents", i, "parts")
+                yield from _parts_targets(content.get("parts"), path, location, "tool_call")
+        content = body.get("content")
+        if isinstance(content, dict):  # embedContent
+            yield from _parts_targets(content.get("parts"), ("content", "parts"), "user", "tool_call")
+        requests = body.get("requests")  # batchEmbedContents
+        for i, request in enumerate(requests if isinstance(requests, list) else ()):
+            parts = dig(request, "content", "parts")
+            yield from _parts_targets(parts, ("requests", i, "content", "parts"), "user", "tool_call")
+        tools = body.get("tools")
+        for i in range(len(tools) if isinstance(tools, list) else 0):
+            yield from value_target("tool_definition", tools, i, ("tools",))
+
+    def output_targets(self, body: Any) -> Iterator[TextTarget]:
+        # streamGenerateContent without alt=sse answers a JSON array of responses
+        items = body if isinstance(body, list) else [body]
+        for n, item in enumerate(items):
+            prefix: JsonPath = (n,) if isinstance(body, list) else ()
+            candidates = item.get("candidates") if isinstance(item, dict) else None
+            for i, candidate in enumerate(candidates if isinstance(candidates, list) else ()):
+                parts = dig(candidate, "content", "parts")
+                path = (*prefix, "candidates", i, "content", "parts")
+                yield from _parts_targets(parts, path, "output", "output_tool_call", skip_thoughts=True)
+
+    def stream_texts(self, data: Mapping[str, Any]) -> list[StreamText]:
+        texts: list[StreamText] = []
+        candidates = data.get("candidates")
+        for i, candidate in enumerate(candidates if isinstance(candidates, list) else ()):
+            index = candidate.get("index", i) if isinstance(candidate, dict) else i
+            path: JsonPath = ("candidates", i, "content", "parts")
+            parts = dig(candidate, "content", "parts")
+            for t in _parts_targets(parts, path, "output", "output_tool_call", skip_thoughts=True):
+                # text parts continue the candidate's text; a function call arrives whole
+                delta = not t.structured and t.location == "output"
+                texts.append(StreamText(("text", index), t.location, t.path, t.text, delta, t.structured))
+        return texts
 
     def prepare_upstream(self, view: RequestView) -> tuple[bytes, StreamFilter | None]:
         return view.body, None
@@ -195,6 +215,20 @@ class GeminiAccumulator:
     def summary(self) -> ResponseSummary:
         self.s.preview = self.preview.text()
         return self.s
+
+
+def _parts_targets(
+    parts: Any, path: JsonPath, text_location: str, call_location: str, skip_thoughts: bool = False
+) -> Iterator[TextTarget]:
+    """Text, function-call and function-response parts of one Content."""
+    for j, part in enumerate(parts if isinstance(parts, list) else ()):
+        if not isinstance(part, dict) or (skip_thoughts and part.get("thought")):
+            continue
+        yield from value_target(text_location, part, "text", (*path, j))
+        for name in ("functionCall", "function_call"):
+            yield from value_target(call_location, part.get(name), "args", (*path, j, name))
+        for name in ("functionResponse", "function_response"):
+            yield from value_target("tool_result", part.get(name), "response", (*path, j, name))
 
 
 def _usage(u: dict[str, Any]) -> Usage:

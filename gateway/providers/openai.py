@@ -13,10 +13,13 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.providers.base import (
     OPAQUE,
     Endpoint,
+    JsonPath,
     RequestView,
     ResponseParser,
     ResponseSummary,
     StreamFilter,
+    StreamText,
+    TextTarget,
     load_json_object,
 )
 from gateway.providers.parsing import (
@@ -25,9 +28,9 @@ from gateway.providers.parsing import (
     StreamResponseParser,
     as_int,
     dig,
-    json_text,
     loads,
-    text_of,
+    text_targets,
+    value_target,
 )
 from gateway.sse import SSEEvent, SSEFramer, parse_event
 
@@ -107,25 +110,61 @@ class OpenAIAdapter:
             view.model = path.rsplit("/", 1)[1]
         return view
 
-    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    def scan_targets(self, body: Mapping[str, Any]) -> Iterator[TextTarget]:
         messages = body.get("messages")
         if isinstance(messages, list):
             yield from _chat_targets(messages)
-        if isinstance(body.get("instructions"), str):
-            yield "system", body["instructions"]
+        yield from value_target("system", body, "instructions", ())
         items = body.get("input")
         if isinstance(items, str):
-            yield "user", items
+            yield from value_target("user", body, "input", ())
         elif isinstance(items, list):
             yield from _responses_targets(items)
         if isinstance(body.get("prompt"), str):
-            yield "user", body["prompt"]
-        for tool in body.get("tools") or ():
-            if isinstance(tool, dict):
-                function = tool.get("function")
-                spec: dict[str, Any] = function if isinstance(function, dict) else tool
-                if isinstance(spec.get("description"), str):
-                    yield "tool_definition", spec["description"]
+            yield from value_target("user", body, "prompt", ())
+        tools = body.get("tools")
+        for i in range(len(tools) if isinstance(tools, list) else 0):
+            yield from value_target("tool_definition", tools, i, ("tools",))
+
+    def output_targets(self, body: Any) -> Iterator[TextTarget]:
+        if not isinstance(body, dict):
+            return
+        choices = body.get("choices")
+        for i, choice in enumerate(choices if isinstance(choices, list) else ()):
+            if not isinstance(choice, dict):
+                continue
+            path: JsonPath = ("choices", i)
+            message = choice.get("message")
+            if isinstance(message, dict):
+                yield from text_targets("output", message.get("content"), (*path, "message", "content"))
+                yield from _tool_call_targets("output_tool_call", message, (*path, "message"))
+            yield from value_target("output", choice, "text", path)  # legacy completions
+        output = body.get("output") if body.get("object") == "response" else None
+        for i, item in enumerate(output if isinstance(output, list) else ()):
+            yield from _response_item_targets(item, ("output", i))
+
+    def stream_texts(self, data: Mapping[str, Any]) -> list[StreamText]:
+        kind = data.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):
+            return _responses_stream_texts(kind, data)
+        texts: list[StreamText] = []
+        choices = data.get("choices")
+        for i, choice in enumerate(choices if isinstance(choices, list) else ()):
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            index = choice.get("index", i)
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                path: JsonPath = ("choices", i, "delta", "content")
+                texts.append(StreamText(("text", index), "output", path, delta["content"]))
+            calls = delta.get("tool_calls")
+            for j, call in enumerate(calls if isinstance(calls, list) else ()):
+                arguments = dig(call, "function", "arguments")
+                if isinstance(arguments, str) and arguments:
+                    channel = ("tool", index, call.get("index", j))
+                    path = ("choices", i, "delta", "tool_calls", j, "function", "arguments")
+                    texts.append(StreamText(channel, "output_tool_call", path, arguments))
+        return texts
 
     def prepare_upstream(self, view: RequestView) -> tuple[bytes, StreamFilter | None]:
         if view.endpoint.operation != "chat.completions" or not view.stream or view.json is None:
@@ -173,33 +212,72 @@ class OpenAIAdapter:
         }
 
 
-def _chat_targets(messages: list[Any]) -> Iterator[tuple[str, str]]:
-    for msg in messages:
+def _chat_targets(messages: list[Any]) -> Iterator[TextTarget]:
+    for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             continue
         role = msg.get("role")
         location = "tool_result" if role in ("tool", "function") else _SYSTEM_ROLES.get(str(role), "user")
-        for text in text_of(msg.get("content")):
-            yield location, text
-        for call in msg.get("tool_calls") or ():
-            args = dig(call, "function", "arguments")
-            if args is not None:
-                yield "tool_call", json_text(args)
+        yield from text_targets(location, msg.get("content"), ("messages", i, "content"))
+        yield from _tool_call_targets("tool_call", msg, ("messages", i))
 
 
-def _responses_targets(items: list[Any]) -> Iterator[tuple[str, str]]:
-    for item in items:
+def _tool_call_targets(location: str, message: dict[str, Any], path: JsonPath) -> Iterator[TextTarget]:
+    calls = message.get("tool_calls")
+    for j, call in enumerate(calls if isinstance(calls, list) else ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        yield from value_target(location, function, "arguments", (*path, "tool_calls", j, "function"))
+
+
+def _responses_targets(items: list[Any]) -> Iterator[TextTarget]:
+    for i, item in enumerate(items):
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
         if kind == "function_call_output":
-            yield "tool_result", json_text(item.get("output"))
+            yield from value_target("tool_result", item, "output", ("input", i))
         elif kind == "function_call":
-            yield "tool_call", json_text(item.get("arguments"))
+            yield from value_target("tool_call", item, "arguments", ("input", i))
         elif "role" in item:
             location = _SYSTEM_ROLES.get(str(item.get("role")), "user")
-            for text in text_of(item.get("content")):
-                yield location, text
+            yield from text_targets(location, item.get("content"), ("input", i, "content"))
+
+
+def _response_item_targets(item: Any, path: JsonPath) -> Iterator[TextTarget]:
+    """A Responses output item: message text parts, or a function call's arguments."""
+    if not isinstance(item, dict):
+        return
+    if item.get("type") == "function_call":
+        yield from value_target("output_tool_call", item, "arguments", path)
+        return
+    content = item.get("content")
+    for j, part in enumerate(content if isinstance(content, list) else ()):
+        if isinstance(part, dict) and part.get("type") == "output_text":
+            yield from value_target("output", part, "text", (*path, "content", j))
+
+
+def _responses_stream_texts(kind: str, data: Mapping[str, Any]) -> list[StreamText]:
+    """Deltas of a Responses stream, and the events that repeat whole texts once they are done."""
+    output_index = data.get("output_index", 0)
+    if kind == "response.output_text.delta" and isinstance(data.get("delta"), str):
+        channel = ("text", output_index, data.get("content_index", 0))
+        return [StreamText(channel, "output", ("delta",), data["delta"])]
+    if kind == "response.function_call_arguments.delta" and isinstance(data.get("delta"), str):
+        return [StreamText(("tool", output_index), "output_tool_call", ("delta",), data["delta"])]
+    whole: list[TextTarget] = []
+    if kind == "response.output_text.done":
+        whole += value_target("output", data, "text", ())
+    elif kind == "response.function_call_arguments.done":
+        whole += value_target("output_tool_call", data, "arguments", ())
+    elif kind == "response.content_part.done" and dig(data, "part", "type") == "output_text":
+        whole += value_target("output", data["part"], "text", ("part",))
+    elif kind == "response.output_item.done":
+        whole += _response_item_targets(data.get("item"), ("item",))
+    elif kind in ("response.completed", "response.incomplete", "response.failed"):
+        output = dig(data, "response", "output")
+        for i, item in enumerate(output if isinstance(output, list) else ()):
+            whole += _response_item_targets(item, ("response", "output", i))
+    return [StreamText((), t.location, t.path, t.text, delta=False) for t in whole]
 
 
 def _usage(raw: Any) -> Usage:

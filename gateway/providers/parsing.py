@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import orjson
 
-from gateway.providers.base import ResponseSummary
+from gateway.providers.base import JsonPath, ResponseSummary, TextTarget, target
 from gateway.sse import SSEEvent, SSEParser
 
 _USAGE_KEY = re.compile(rb'"(usage|usageMetadata)"\s*:\s*\{')
@@ -173,6 +174,33 @@ def text_of(content: Any) -> list[str]:
             elif isinstance(part, dict) and isinstance(part.get("text"), str):
                 out.append(part["text"])
     return out
+
+
+def text_targets(location: str, content: Any, path: JsonPath) -> Iterator[TextTarget]:
+    """Targets for a message `content` at `path`: a string, or a list of parts with `text` fields."""
+    if isinstance(content, str):
+        if content:
+            yield TextTarget(location, content, path)
+        return
+    if isinstance(content, list):
+        for i, part in enumerate(content):
+            if isinstance(part, str) and part:
+                yield TextTarget(location, part, (*path, i))
+            elif isinstance(part, dict) and isinstance(part.get("text"), str) and part["text"]:
+                yield TextTarget(location, part["text"], (*path, i, "text"))
+
+
+def value_target(location: str, container: Any, key: str | int, path: JsonPath) -> Iterator[TextTarget]:
+    """A target for `container[key]` (a string, or an object/array scanned as JSON), if present."""
+    if isinstance(container, dict) and isinstance(key, str):
+        value = container.get(key)
+    elif isinstance(container, list) and isinstance(key, int) and key < len(container):
+        value = container[key]
+    else:
+        return
+    found = target(location, (*path, key), value)
+    if found is not None:
+        yield found
 
 
 def json_text(value: Any) -> str:

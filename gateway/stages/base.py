@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from gateway.auth.policy import PolicyChain
     from gateway.limits.limiter import Reservation
     from gateway.providers.base import RequestView
+    from gateway.stages.scan.guard import SensitiveValues
+    from gateway.stages.scan.output import ResponseGuard
 
 
 class Verdict(StrEnum):
@@ -44,6 +46,12 @@ class Decision:
 ALLOW = Decision()
 
 
+def _sensitive_values() -> SensitiveValues:
+    from gateway.stages.scan.guard import SensitiveValues
+
+    return SensitiveValues()
+
+
 @dataclass(slots=True)
 class StageContext:
     """What a stage may look at: the parsed request and who is calling."""
@@ -58,6 +66,10 @@ class StageContext:
     policy: PolicyChain | None = None  # key → user → team → global policies; None: no policy applies
     request_id: str = ""
     reservation: Reservation | None = None  # set by the limits stage; settled when the exchange ends
+    response_guard: ResponseGuard | None = None  # set by the guard stage: what watches the output
+    flags: list[str] = field(default_factory=list)  # audit flags raised by stages
+    # Matched credential/PII values, so the audit's copies of the content can be redacted.
+    sensitive: SensitiveValues = field(default_factory=_sensitive_values, repr=False)
 
 
 @runtime_checkable

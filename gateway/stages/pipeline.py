@@ -55,5 +55,5 @@ class Pipeline:
                 )
                 raise err
             if decision.verdict is Verdict.MODIFY and decision.body is not None:
-                body = decision.body
+                body = ctx.view.body = decision.body  # later stages see what will be sent
         return PipelineResult(tuple(findings), body)

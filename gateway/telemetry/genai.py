@@ -6,7 +6,7 @@ may still move; this module is the one place to follow them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -142,7 +142,7 @@ def response_attributes(record: AuditRecord) -> dict[str, Any]:
 
 
 def content_attributes(
-    targets: Iterator[tuple[str, str]], output_text: str, finish_reason: str, limit: int
+    targets: Iterable[tuple[str, str]], output_text: str, finish_reason: str, limit: int
 ) -> dict[str, str]:
     """Opt-in prompt and completion content, in the conventions' JSON message shape, bounded.
 

@@ -122,7 +122,7 @@ class ExchangeSpans:
                 if self._capture and ex.view is not None:
                     model.set_attributes(
                         genai.content_attributes(
-                            ex.view.scan_targets(),
+                            ((t.location, t.text) for t in ex.view.scan_targets()),
                             record.response_preview,
                             record.finish_reason,
                             self._content_limit,

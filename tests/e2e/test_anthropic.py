@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anthropic
+import pytest
 
 from tests.conftest import RunningGateway
 from tests.emulator.server import Emulator
@@ -72,7 +73,7 @@ async def test_count_tokens_and_beta_header(gateway: RunningGateway, emulator: E
     assert row["operation"] == "messages.count_tokens" and row["requested_model"] == "claude-haiku-4-5"
 
 
-async def test_tool_result_injection_is_flagged_not_blocked(gateway: RunningGateway) -> None:
+async def test_tool_result_injection_is_blocked_by_default(gateway: RunningGateway) -> None:
     messages = [
         {"role": "user", "content": "read the file"},
         {
@@ -90,11 +91,12 @@ async def test_tool_result_injection_is_flagged_not_blocked(gateway: RunningGate
             ],
         },
     ]
-    out = await client(gateway.url("anthropic")).messages.create(
-        model="claude-sonnet-4-5", max_tokens=10, messages=messages
-    )
-    assert out.content  # observe mode: the request went through
+    with pytest.raises(anthropic.PermissionDeniedError) as blocked:
+        await client(gateway.url("anthropic")).messages.create(
+            model="claude-sonnet-4-5", max_tokens=10, messages=messages
+        )
+    assert "instruction_override" in blocked.value.message and "tool result" in blocked.value.message
     (row,) = await gateway.rows()
-    assert "instruction_override" in row["finding_rules"]
+    assert row["outcome"] == "rejected" and row["rejection_rule"] == "guards.instruction_override"
     i = row["finding_rules"].index("instruction_override")
-    assert row["finding_locations"][i] == "tool_result" and row["finding_actions"][i] == "log"
+    assert row["finding_locations"][i] == "tool_result" and row["finding_actions"][i] == "block"

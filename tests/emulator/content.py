@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,29 @@ import orjson
 GREETING = "Hello from the emulator."
 # Streams deliver the greeting in these deltas, so clients see more than one content event.
 GREETING_PIECES: tuple[str, ...] = ("Hello", " from", " the", " emulator", ".")
+
+# A request may name the answer text instead (percent-encoded UTF-8, since headers are Latin-1);
+# streams then deliver it in pieces of this many characters, so a phrase spans several events.
+ANSWER_HEADER = "x-emulator-answer"
+ANSWER_PIECE_CHARS = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the model says: the greeting, or the text the request named."""
+
+    text: str = GREETING
+    pieces: tuple[str, ...] = GREETING_PIECES
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> Answer:
+        named = headers.get(ANSWER_HEADER)
+        if named is None:
+            return cls()
+        text = urllib.parse.unquote(named)
+        pieces = tuple(text[i : i + ANSWER_PIECE_CHARS] for i in range(0, len(text), ANSWER_PIECE_CHARS))
+        return cls(text, pieces or ("",))
+
 
 # Every `created` timestamp the emulator reports (2023-11-14T22:13:20Z): fixed so that two runs of
 # the same request produce identical bytes.

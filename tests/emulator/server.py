@@ -14,8 +14,7 @@ from multidict import CIMultiDict
 
 from tests.emulator.anthropic import AnthropicEmulator
 from tests.emulator.content import (
-    GREETING,
-    GREETING_PIECES,
+    Answer,
     GeneratedText,
     large_document_chunks,
     large_stream_pieces,
@@ -166,7 +165,8 @@ class Emulator:
             if scenario.slow_first_byte:
                 await asyncio.sleep(scenario.slow_first_byte)
             reply = reply or _answer(provider, request, recorded, scenario)
-            await _deliver(provider, sender, provider.request_id(recorded.index), reply, scenario)
+            answer = Answer.from_headers(request.headers)
+            await _deliver(provider, sender, provider.request_id(recorded.index), reply, scenario, answer)
         except ConnectionDropped:
             pass
         except asyncio.CancelledError:
@@ -241,7 +241,12 @@ def _match(routes: Sequence[Route], method: str, path: str) -> tuple[Route, dict
 
 
 async def _deliver(
-    provider: ProviderEmulator, sender: ResponseSender, request_id: str, reply: Reply, scenario: Scenario
+    provider: ProviderEmulator,
+    sender: ResponseSender,
+    request_id: str,
+    reply: Reply,
+    scenario: Scenario,
+    answer: Answer,
 ) -> None:
     json_headers = {**provider.response_headers(request_id, 200), "Content-Type": provider.json_content_type}
     match reply:
@@ -257,11 +262,11 @@ async def _deliver(
             chunks = large_document_chunks(provider.encode_json, render, scenario.large_body)
             await sender.send_chunks(json_headers, chunks)
         case TextDocument(render=render):
-            body = provider.encode_json(render(GeneratedText.of(GREETING)))
+            body = provider.encode_json(render(GeneratedText.of(answer.text)))
             await sender.send_document(200, json_headers, body)
         case TextStream(stream=stream):
             pieces: Iterable[str] = (
-                large_stream_pieces(scenario.large_stream) if scenario.large_stream else GREETING_PIECES
+                large_stream_pieces(scenario.large_stream) if scenario.large_stream else answer.pieces
             )
             headers = {**provider.response_headers(request_id, 200), "Content-Type": stream.content_type}
             await sender.send_events(

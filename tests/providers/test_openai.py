@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
 from gateway.errors import ErrorCode, GatewayError
+from gateway.providers.base import StreamText, TextTarget
 from gateway.providers.openai import OpenAIAdapter, UsageChunkStripper
 from gateway.providers.parsing import JsonResponseParser
 
@@ -63,23 +66,96 @@ def test_usage_from_the_tail_of_a_body_too_large_to_parse() -> None:
     assert parser.summary().usage.input_tokens == 7
 
 
-def test_scan_targets_cover_roles_tools_and_responses_input() -> None:
+def test_scan_targets_cover_roles_tools_and_responses_input_with_their_paths() -> None:
     chat = {
         "messages": [
             {"role": "system", "content": "sys"},
             {"role": "user", "content": [{"type": "text", "text": "u"}]},
             {"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": '{"a":1}'}}]},
             {"role": "tool", "content": "result"},
-        ]
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d"}}],
     }
-    assert list(A.scan_targets(chat)) == [
+    targets = list(A.scan_targets(chat))
+    assert [(t.location, t.text) for t in targets] == [
         ("system", "sys"),
         ("user", "u"),
         ("tool_call", '{"a":1}'),
         ("tool_result", "result"),
+        ("tool_definition", '{"type":"function","function":{"name":"f","description":"d"}}'),
     ]
+    for t in targets:
+        assert_path_leads_to(chat, t)
+    assert targets[-1].structured and not targets[0].structured
     responses = {
         "instructions": "i",
         "input": [{"role": "user", "content": "x"}, {"type": "function_call_output", "output": "o"}],
     }
-    assert list(A.scan_targets(responses)) == [("system", "i"), ("user", "x"), ("tool_result", "o")]
+    targets = list(A.scan_targets(responses))
+    assert [(t.location, t.text) for t in targets] == [("system", "i"), ("user", "x"), ("tool_result", "o")]
+    for t in targets:
+        assert_path_leads_to(responses, t)
+
+
+def assert_path_leads_to(body: Any, target: TextTarget) -> None:
+    node = body
+    for step in target.path:
+        node = node[step]
+    assert (orjson.dumps(node).decode() if target.structured else node) == target.text
+
+
+def test_output_targets_of_chat_responses_and_completions() -> None:
+    chat = {
+        "choices": [
+            {"message": {"content": "hello", "tool_calls": [{"function": {"arguments": '{"q":"x"}'}}]}},
+            {"text": "legacy"},
+        ]
+    }
+    assert [(t.location, t.text) for t in A.output_targets(chat)] == [
+        ("output", "hello"),
+        ("output_tool_call", '{"q":"x"}'),
+        ("output", "legacy"),
+    ]
+    response = {
+        "object": "response",
+        "output": [
+            {"type": "reasoning", "summary": []},
+            {"type": "message", "content": [{"type": "output_text", "text": "hi"}]},
+            {"type": "function_call", "arguments": '{"a":2}'},
+        ],
+    }
+    targets = list(A.output_targets(response))
+    assert [(t.location, t.text) for t in targets] == [("output", "hi"), ("output_tool_call", '{"a":2}')]
+    for body, t in [(chat, x) for x in A.output_targets(chat)] + [(response, x) for x in targets]:
+        assert_path_leads_to(body, t)
+
+
+def test_stream_texts_of_chat_chunks_and_responses_events() -> None:
+    chunk = {
+        "choices": [
+            {"index": 0, "delta": {"content": "He"}},
+            {"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a'}}]}},
+        ]
+    }
+    assert A.stream_texts(chunk) == [
+        StreamText(("text", 0), "output", ("choices", 0, "delta", "content"), "He"),
+        StreamText(
+            ("tool", 1, 0),
+            "output_tool_call",
+            ("choices", 1, "delta", "tool_calls", 0, "function", "arguments"),
+            '{"a',
+        ),
+    ]
+    delta = {"type": "response.output_text.delta", "output_index": 1, "content_index": 0, "delta": "x"}
+    assert A.stream_texts(delta) == [StreamText(("text", 1, 0), "output", ("delta",), "x")]
+    done = {
+        "type": "response.completed",
+        "response": {"output": [{"content": [{"type": "output_text", "text": "all"}]}]},
+    }
+    (whole,) = A.stream_texts(done)
+    assert (
+        not whole.delta
+        and whole.text == "all"
+        and whole.path == ("response", "output", 0, "content", 0, "text")
+    )
+    assert A.stream_texts({"choices": [{"delta": {"role": "assistant", "content": ""}}]}) == []

@@ -351,11 +351,13 @@ async def drive_successes(gw: RunningGateway) -> None:
 
 
 async def drive_findings(gw: RunningGateway) -> None:
-    """Requests the scanner flags: a leaked credential and a prompt-injection signature."""
+    """Requests the guards flag: a leaked credential (blocked by default) and a prompt-injection
+    signature in a user message (logged)."""
     oa = _openai(gw)
-    await oa.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": f"deploy with {AWS_KEY} please"}]
-    )
+    with pytest.raises(openai.PermissionDeniedError):
+        await oa.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"deploy with {AWS_KEY} please"}]
+        )
     await _anthropic(gw).messages.create(
         model="claude-sonnet-4-5",
         max_tokens=50,

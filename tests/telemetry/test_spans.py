@@ -239,12 +239,14 @@ async def test_findings_are_span_events_without_the_secret(
 ) -> None:
     gw: RunningGateway = await make_gateway(with_telemetry=in_memory)
     secret = "AKIA" + "Q3VZ7XKJ2MNP4RST"
-    await openai_client(gw.url("openai")).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": f"my key is {secret}"}]
-    )
+    with pytest.raises(openai.PermissionDeniedError):  # credentials in requests are blocked by default
+        await openai_client(gw.url("openai")).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"my key is {secret}"}]
+        )
     server = the_server(captured)
     findings = [e for e in server.events if e.name == "llm_gateway.guard.finding"]
-    assert findings and dict(findings[0].attributes or {})["rule"] == "aws_access_key_id"
+    attributes = dict(findings[0].attributes or {}) if findings else {}
+    assert attributes["rule"] == "aws_access_key_id" and attributes["action"] == "block"
     assert secret not in everything(captured)
 
 

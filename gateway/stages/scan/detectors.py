@@ -27,6 +27,7 @@ from enum import StrEnum
 class Category(StrEnum):
     CREDENTIAL = "credential"
     INJECTION = "injection"
+    PII = "pii"
 
 
 class Severity(StrEnum):
@@ -400,3 +401,6 @@ DETECTORS: tuple[Detector, ...] = (
         gate=_may_contain_tag_characters,
     ),
 )
+
+# What an action table may name: any rule id or category.
+SELECTORS: frozenset[str] = frozenset((*(d.rule for d in DETECTORS), *(c.value for c in Category)))

@@ -96,3 +96,8 @@ def _compile(rule: str, source: str) -> re.Pattern[str]:
         return re.compile(source)
     except re.error as exc:
         raise ValueError(f"scan rule {rule!r}: bad pattern {source!r}: {exc}") from None
+
+
+def build_engine(detectors: Iterable[Detector], engine: str = "auto") -> ScanEngine:
+    """The scanning engine named in `guards.engine` (only Python's `re` for now)."""
+    return Scanner(detectors)
