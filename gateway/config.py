@@ -255,6 +255,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     users = parse_users(raw.pop("users", None), teams)
     keys = parse_keys(raw.pop("keys", None), teams, users)
     config: GatewayConfig = build(GatewayConfig, raw)
+    if config.policy.guards is not None and config.policy.guards.bypass:
+        raise ConfigError("policy.guards.bypass: only a key can bypass the guards (use guards.enabled)")
     try:
         load_table(config.pricing.file, config.pricing.models)
     except PricingError as exc:

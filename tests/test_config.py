@@ -125,3 +125,22 @@ def test_the_readme_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.
     assert [k.id for k in config.keys] == ["support-bot", "nightly-embeddings"]
     assert config.auth.required and config.providers["azure"].auth_header == "api-key"
     assert config.teams["support"].policy.models.allow == ("claude-*-haiku*",)
+
+
+def test_the_readme_guards_example_is_valid(tmp_path: Path) -> None:
+    from gateway.auth.policy import PolicyChain
+    from gateway.stages.scan.guard import Guard
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Guards: secrets, prompt injection and PII", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(tmp_path, example))
+    guard = Guard(config.guards)
+    everyone = guard.resolver(None)
+    assert everyone.action("openai_api_key", "credential", "output") == "redact"
+    assert everyone.action("instruction_override", "injection", "tool_definition") == "block"
+    assert everyone.action("email_address", "pii", "user") == "off"
+    research = PolicyChain((("team", "research", config.teams["research"].policy),))
+    assert guard.resolver(research).action("instruction_override", "injection", "tool_result") == "log"
+    (key,) = config.keys
+    assert key.policy.guards is not None and key.policy.guards.bypass

@@ -72,15 +72,25 @@ class User:
 
 
 def parse_teams(raw: Any) -> dict[str, Team]:
-    return {
+    teams = {
         name: _build(Team, {"name": name, **spec}, f"teams.{name}") for name, spec in _named(raw, "teams")
     }
+    for name, team in teams.items():
+        refuse_bypass(team.policy, f"teams.{name}")
+    return teams
+
+
+def refuse_bypass(policy: Policy, where: str) -> None:
+    """A guard bypass belongs to one trusted key, never to a whole team, a user or everyone."""
+    if policy.guards is not None and policy.guards.bypass:
+        raise _error(f"{where}.policy.guards.bypass: only a key can bypass the guards")
 
 
 def parse_users(raw: Any, teams: Mapping[str, Team]) -> dict[str, User]:
     users: dict[str, User] = {}
     for name, spec in _named(raw, "users"):
         user = _build(User, {"name": name, **spec}, f"users.{name}")
+        refuse_bypass(user.policy, f"users.{name}")
         if user.team not in teams:
             raise _error(f"users.{name}.team: unknown team {user.team!r}{_known(teams)}")
         users[name] = user

@@ -66,10 +66,25 @@ def target(location: str, path: JsonPath, value: Any) -> TextTarget | None:
         return TextTarget(location, value, path) if value else None
     if isinstance(value, dict | list) and value:
         try:
-            return TextTarget(location, orjson.dumps(value).decode(), path, structured=True)
-        except TypeError:
-            return None
+            text = orjson.dumps(value).decode()
+        except TypeError:  # nested deeper than orjson writes (255 levels; it reads 1024)
+            text = "\n".join(string_leaves(value))  # still scanned; not re-parsable, so never redacted
+        return TextTarget(location, text, path, structured=True)
     return None
+
+
+def string_leaves(value: Any) -> Iterator[str]:
+    """Every string (keys included) in a JSON value, without recursion, however deep it is."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+            stack.extend(node.keys())
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
 
 
 @dataclass(slots=True)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit.record import Finding
 from gateway.auth.policy import GuardPolicy, Policy, PolicyChain
@@ -312,3 +316,76 @@ async def test_cache_is_bounded_and_can_be_turned_off() -> None:
     for _ in range(3):
         await decide(GuardStage(uncached), chat(("user", "same")))
     assert isinstance(uncached.engine, CountingScanner) and uncached.engine.scanned == 3
+
+
+# --- hostile and random bodies ----------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    messages=st.lists(
+        st.tuples(st.sampled_from(["system", "user", "assistant", "tool"]), st.text(max_size=60)),
+        min_size=1,
+        max_size=6,
+    ),
+    where=st.integers(min_value=0),
+    at=st.integers(min_value=0),
+    metadata=JSON_VALUES,
+)
+async def test_a_redacted_body_never_carries_the_secret_and_stays_the_same_json_otherwise(
+    messages: list[tuple[str, str]], where: int, at: int, metadata: Any
+) -> None:
+    i = where % len(messages)
+    role, text = messages[i]
+    cut = at % (len(text) + 1)
+    messages[i] = (role, f"{text[:cut]} {OPENAI_KEY} {text[cut:]}")
+    view = chat(*messages, metadata=metadata)
+    decision, _ = await decide(stage(actions={"credential": "redact"}), view)
+    assert decision.verdict is Verdict.MODIFY
+    assert OPENAI_KEY.encode() not in decision.body
+    sent, original = orjson.loads(decision.body), orjson.loads(view.body)
+    assert sent["metadata"] == original["metadata"] and sent["model"] == original["model"]
+    assert sent["messages"][i]["content"] == messages[i][1].replace(OPENAI_KEY, "[REDACTED:openai_api_key]")
+    assert [m for j, m in enumerate(sent["messages"]) if j != i] == [
+        m for j, m in enumerate(original["messages"]) if j != i
+    ]
+
+
+async def test_deeply_nested_tool_input_is_still_scanned_and_never_half_redacted() -> None:
+    nested: Any = {"key": OPENAI_KEY}
+    for _ in range(400):  # deeper than orjson writes, not deeper than it reads
+        nested = {"n": nested}
+    block = {"type": "tool_use", "id": "t", "name": "x", "input": nested}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 5,
+        "messages": [{"role": "assistant", "content": [block]}],
+    }
+    view = AnthropicAdapter().parse_request("POST", "/v1/messages", "", json.dumps(body).encode())
+    logged, _ = await decide(stage(actions={"credential": "log"}), view)
+    assert found(logged) == [("openai_api_key", "tool_call", "log")]
+    redacted, _ = await decide(stage(actions={"credential": "redact"}), view)
+    assert redacted.verdict is Verdict.REJECT  # cannot be rewritten safely: fail closed
+
+
+async def test_a_megabyte_of_near_misses_is_bounded() -> None:
+    """Hostile texts scan in bounded time and memory (a blow-up guard, not a benchmark)."""
+    view = chat(("user", "sk-" * 333_333), ("tool", 'password="' * 100_000), ("user", "a" * 1_000_000))
+    tracemalloc.start()
+    decision, _ = await decide(stage(), view)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert decision.verdict in (Verdict.ALLOW, Verdict.REJECT)
+    assert peak < 64 * 1024 * 1024

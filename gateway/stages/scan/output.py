@@ -225,6 +225,7 @@ class StreamGuard:
         self._channels: dict[tuple[str | int, ...], _Channel] = {}
         self._queue: deque[_Event] = deque()
         self._overflowed = False
+        self._flushed = False
         # Watching a stream as it goes, the text is scanned in batches of `hold_chars` — on
         # every event instead when a finding can end the stream, so it ends where it is seen.
         self._eager = hold or owner.holds_body
@@ -242,6 +243,7 @@ class StreamGuard:
         return b"".join(released)
 
     def flush(self) -> bytes:
+        self._flushed = True
         rest = self._framer.flush()
         if rest:
             self._event(rest, True)
@@ -258,7 +260,8 @@ class StreamGuard:
                 self.filter(decoded)
 
     def flush_observed(self) -> None:
-        if self.stopped is None:
+        """The exchange is over (or the client left): scan what is still unscanned."""
+        if self.stopped is None and not self._flushed:
             # The stream is over: a blocking finding is recorded, nothing is left to stop.
             with contextlib.suppress(OutputBlocked):
                 self.flush()
