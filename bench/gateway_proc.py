@@ -37,7 +37,7 @@ def gateway_config(
     workdir: Path, port: int, openai_url: str, stream_url: str, telemetry: bool = False
 ) -> dict[str, Any]:
     """What the benchmark runs: audit into embedded chDB (its store in a child process, the
-    default), scanner on, no access log; telemetry off unless asked (bench.telemetry_overhead
+    default), guards on with their defaults, no access log; telemetry off unless asked (bench.telemetry_overhead
     measures what it adds)."""
     return {
         "server": {
@@ -52,7 +52,7 @@ def gateway_config(
             STREAM_PROVIDER: {"kind": "openai", "base_url": stream_url},
         },
         "audit": {"dsn": f"chdb://{workdir / 'audit'}", "spool_dir": str(workdir / "spool")},
-        "scanner": {"enabled": True},
+        "guards": {"enabled": True},
         "telemetry": {"enabled": telemetry},
     }
 
