@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import keys_cli
+from gateway import guards_cli, keys_cli
 from gateway.auth.settings import ADMIN_TOKEN_ENV
 from gateway.config import ConfigError, GatewayConfig, load_config
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--config", "-c")
 
     keys_cli.add_parsers(sub)
+    guards_cli.add_parsers(sub)
 
     spend = sub.add_parser("spend", help="spend, requests and tokens from the audit log")
     spend.add_argument("--by", default="team", choices=["team", "user", "key", "model", "provider"])
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys_cli.run(args, config)
     if args.command == "spend":
         return spend_command(args, config)
+    if args.command == "guards":
+        return guards_cli.run(args, config)
     if args.audit_command == "tail":
         return print_rows(audit_request(config, limit=args.limit), args.json)
     row = audit_request(config, request_id=args.request_id)
