@@ -271,9 +271,11 @@ class StreamGuard:
     def _event(self, raw: bytes, complete: bool) -> None:
         parsed = parse_event(raw) if complete else None
         data = loads(parsed.data) if parsed is not None and parsed.data[:1] == b"{" else None
-        event = _Event(raw, data)
-        touched: set[tuple[str | int, ...]] = set()
-        for text in self._owner.adapter.stream_texts(data) if data is not None else ():
+        texts = self._owner.adapter.stream_texts(data) if data is not None else ()
+        event = _Event(raw, data) if self._hold else None  # watching only, nothing is queued
+        if event is not None:
+            self._queue.append(event)
+        for text in texts:
             if not text.delta:
                 self._whole(event, text.location, text.path, text.text, text.structured)
                 continue
@@ -283,23 +285,21 @@ class StreamGuard:
             start = channel.total
             channel.text += text.text
             channel.pending += len(text.text)
-            event.pieces.append(_Piece(text.channel, start, channel.total, text.path))
-            touched.add(text.channel)
-        if self._hold:
-            self._queue.append(event)
-        for key in touched:
-            channel = self._channels[key]
+            if event is not None:
+                event.pieces.append(_Piece(text.channel, start, channel.total, text.path))
             if self._eager or channel.pending >= self._keep:
                 self._scan(channel)
-            if not self._hold:
+            if event is None and len(channel.text) > 2 * self._keep:
                 self._trim(channel, channel.total)
 
-    def _whole(self, event: _Event, location: str, path: JsonPath, text: str, structured: bool) -> None:
+    def _whole(
+        self, event: _Event | None, location: str, path: JsonPath, text: str, structured: bool
+    ) -> None:
         """A text that arrives whole (e.g. a final event repeating the output): scanned on its own."""
         hits = self._owner.record_hits(text, location, redacts=self._hold, blocks=True)
         self._stop_on(hits, location)
         redact = [(h.start, h.end, h.rule) for h in hits if h.action is Action.REDACT]
-        if self._hold and redact and self.stopped is None:
+        if event is not None and redact and self.stopped is None:
             new_text = replace_spans(text, redact)
             try:
                 event.edits.append((path, redact_structured(text, new_text) if structured else new_text))
