@@ -11,10 +11,9 @@ import random
 import re
 import string
 from re import _parser as sre_parse  # type: ignore[attr-defined]
+from urllib.parse import quote
 
 import pytest
-
-from urllib.parse import quote
 
 from gateway.stages.scan.detectors import ALL_DETECTORS, DETECTORS, Category, Severity
 from gateway.stages.scan.detectors.credentials import high_entropy_token
@@ -175,7 +174,8 @@ POSITIVES = [
     ),
     (
         "azure_sas_token",
-        f"https://acct.blob.core.windows.net/c/f.txt?sv=2022-11-02&se=2030-01-01&sp=r&sig={quote(b64(32, 1), safe='')}",
+        "https://acct.blob.core.windows.net/c/f.txt?sv=2022-11-02&se=2030-01-01&sp=r"
+        f"&sig={quote(b64(32, 1), safe='')}",
     ),
     (
         "azure_sas_token",
@@ -409,7 +409,7 @@ def test_default_table_leaves_out_the_opt_in_rules() -> None:
         "high_entropy_token",
         "ip_address_internal",
     }
-    assert DETECTORS == tuple(d for d in ALL_DETECTORS if d.enabled_by_default)
+    assert tuple(d for d in ALL_DETECTORS if d.enabled_by_default) == DETECTORS
 
 
 @pytest.mark.parametrize(("rule", "text"), POSITIVES)

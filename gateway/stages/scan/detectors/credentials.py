@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import math
 import re
 from urllib.parse import unquote
@@ -82,7 +83,7 @@ def high_entropy_token(value: str) -> bool:
     if token.count("/") > len(token) // 12:  # a path, not base64 (1 in 64 characters is "/")
         return False
     classes = [_char_class(c) for c in token]
-    switches = sum(a != b for a, b in zip(classes, classes[1:], strict=False))
+    switches = sum(a != b for a, b in itertools.pairwise(classes))
     if switches < 0.4 * (len(token) - 1):
         return False
     expected = math.log2(_ALPHABET) - (_ALPHABET - 1) / (2 * len(token) * math.log(2))

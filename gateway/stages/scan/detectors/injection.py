@@ -86,7 +86,7 @@ def _bidi_without_rtl_context() -> str:
     """
     behind = "".join(f"(?<!{_RTL_LETTER}[^\n]{{{k}}}{_BIDI_EMBED})" for k in range(_BIDI_CONTEXT))
     ahead = f"(?![^\n]{{0,{_BIDI_CONTEXT - 1}}}{_RTL_LETTER})"
-    return _BIDI_EMBED + behind + ahead
+    return _BIDI_EMBED + behind + _BIDI_EMBED + "{0,63}+" + ahead
 
 
 INJECTION_DETECTORS: tuple[Detector, ...] = (
@@ -159,7 +159,9 @@ INJECTION_DETECTORS: tuple[Detector, ...] = (
             # Two or more in a row: emoji sequences, Persian and Indic scripts use one at a time.
             f"{_ZERO_WIDTH}{{2,64}}+",
             # Inside a Latin word ("ig\u200bnore"): splits a keyword so that filters miss it.
-            f"{_ZERO_WIDTH}(?<=[a-z]{_ZERO_WIDTH}){_ZERO_WIDTH}{{0,7}}+(?=[a-z])",
+            # The span runs over up to 16 such splits, so a long smuggled run is a few matches.
+            f"{_ZERO_WIDTH}(?<=[a-z]{_ZERO_WIDTH}){_ZERO_WIDTH}{{0,7}}+"
+            f"(?:[a-z]{{1,32}}+{_ZERO_WIDTH}{{1,8}}+){{0,15}}(?=[a-z])",
             # Variation selectors carry one byte each when chained; text uses one per character.
             f"{_VARIATION_SELECTOR}{{2,64}}+",
         ),
@@ -170,7 +172,7 @@ INJECTION_DETECTORS: tuple[Detector, ...] = (
         rule="bidi_control_characters",
         category=Category.INJECTION,
         severity=Severity.MEDIUM,
-        patterns=(_BIDI_OVERRIDE, _bidi_without_rtl_context()),
+        patterns=(_BIDI_OVERRIDE + "{1,64}+", _bidi_without_rtl_context()),
         description="Bidi overrides, and embeddings/isolates outside right-to-left text (Trojan Source).",
         gate=_not_ascii,
     ),
