@@ -115,8 +115,11 @@ JSON_RESULT = (
 )
 
 
-def realistic_prompt(size: int = 100_000, seed: int = 7, ascii_only: bool = False) -> str:
-    """Prose, code and JSON, with five secrets and five pieces of PII spread through it."""
+def realistic_prompt(
+    size: int = 100_000, seed: int = 7, ascii_only: bool = False, prose_only: bool = False
+) -> str:
+    """Prose, code and JSON, with five secrets and five pieces of PII spread through it
+    (`prose_only`: prose alone, nothing planted: what a clean conversation costs)."""
     rnd = random.Random(seed)
     quote_open, quote_close = ('"', '"') if ascii_only else ("\u201c", "\u201d")
     apostrophe = "'" if ascii_only else "\u2019"
@@ -141,13 +144,13 @@ def realistic_prompt(size: int = 100_000, seed: int = 7, ascii_only: bool = Fals
         f"IBAN {_iban('DE', '37040044' + ''.join(rnd.choice(string.digits) for _ in range(10)))}",
         "SSN 512-44-8721",
     ]
-    planted = secrets + pii
+    planted = [] if prose_only else secrets + pii
     parts: list[str] = []
     length = 0
     slot = size // (len(planted) + 1)
     next_plant = slot
     while length < size:
-        kind = rnd.random()
+        kind = 0.0 if prose_only else rnd.random()
         if kind < 0.6:
             words = [rnd.choice(WORDS) for _ in range(rnd.randint(40, 120))]
             sentence = " ".join(words).capitalize()
@@ -306,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     cases: dict[str, list[str]] = {
         "prompt_100kb": [prompt],
         "prompt_100kb_ascii": [realistic_prompt(ascii_only=True)],
+        "clean_prose_100kb": [realistic_prompt(prose_only=True)],
         **{k: [v] for k, v in adversarial_corpora().items()},
         **{k: [v] for k, v in huge_strings().items()},
         "chat_messages_200b_x1000": small_texts(),

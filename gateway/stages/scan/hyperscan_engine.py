@@ -16,7 +16,6 @@ reference engine directly.
 from __future__ import annotations
 
 import bisect
-import codecs
 import logging
 import re
 import threading
@@ -43,7 +42,7 @@ REPORT_BUDGET = 1024  # reports per scan beyond which whole-text scanning is che
 REPORT_BUDGET_PER_BYTE = 1 / 64  # … plus this many per byte of text
 SKIP = 64  # start positions one confirming `match` call tries
 MERGE_GAP = 16  # candidate start ranges closer than this are confirmed together
-FOLD_GAP = 1024  # slices of text closer than this are case-folded in one piece
+FOLD_GAP = 64  # slices of text closer than this are case-folded in one piece
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +179,7 @@ class HyperscanScanner:
     ) -> list[Match]:
         """The reference patterns' matches, tried only where a report says a match may start."""
         ranges = self._candidates(len(text), ends)
-        segments = _Segments(text, self._margins(ranges, len(text)))
+        segments = _Segments(text, [] if text.isascii() else self._margins(ranges, len(text)))
         found: list[Match] = []
         done: set[int] = set()
         for i in sorted(ranges):  # pattern indexes follow the table: rules, then their patterns
@@ -300,15 +299,19 @@ class _Segments:
         return self._starts[i], self._folded[i]
 
 
+# Each UTF-8 byte becomes 1 if it continues a character, else 0: counting the ones before a
+# byte offset says how many bytes are not characters of their own.
+_CONTINUATION = bytes(1 if 0x80 <= b <= 0xBF else 0 for b in range(256))
+
+
 def _char_offsets(data: bytes, reports: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Reports with UTF-8 byte offsets turned into str indexes (offsets fall between characters)."""
-    decode = codecs.utf_8_decode
-    by_offset = sorted(set(end for _, end in reports))
+    continuation = data.translate(_CONTINUATION)
     chars: dict[int, int] = {}
-    previous, count = 0, 0
-    for offset in by_offset:
-        count += len(decode(data[previous:offset])[0])
-        chars[offset] = count
+    previous, extra = 0, 0
+    for offset in sorted({end for _, end in reports}):
+        extra += continuation.count(1, previous, offset)
+        chars[offset] = offset - extra
         previous = offset
     return [(pattern, chars[end]) for pattern, end in reports]
 

@@ -29,9 +29,9 @@ from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 MAX_CODE_POINT = 0x10FFFF
-DEFAULT_MAX_REPEAT = 32  # larger bounded repeats are cut (Hyperscan: "Pattern is too large")
+DEFAULT_MAX_REPEAT = 128  # larger bounded repeats are cut (Hyperscan: "Pattern is too large")
 HEAD_WIDTH = 12  # a head stops once every match of it is this long: selective enough, quicker to compile
-HEAD_SPAN = 80  # nor may it grow longer than this: a match's start would be that uncertain
+HEAD_SPAN = 160  # nor may it grow longer than this: a match's start would be that uncertain
 BRANCH_WIDTH = 8  # and each alternative of an alternation once it is this long
 GOOD_ENOUGH_LITERALS = 3  # a head from the pattern's start with this many literals is kept
 
