@@ -1,10 +1,11 @@
 """The fast engine: Hyperscan finds, in one pass, every place a rule could match; `re` confirms there.
 
 Hyperscan compiles every pattern's prefilter (prefilter.py) into one database and reports
-end offsets at GB/s. Clean text costs that one pass and nothing else. Each report bounds
+end offsets in one pass. Clean text costs that pass and nothing else. Each report bounds
 where a match may start; the reference pattern (look-arounds, capture group, validator)
-then runs only over windows around the reports, merged per pattern, so the result is
-exactly the reference engine's (see the equivalence tests), at most one pass per rule.
+is then tried only at those positions (merged into ranges per pattern, in order, matches
+not overlapping), so the result is exactly what `finditer` over the whole text gives (see
+the equivalence tests), and no text is looked at twice for one pattern.
 
 Two escapes keep the worst case at the reference engine's cost: when reports are dense
 (more than the budget: a megabyte of near misses), the scan stops and a second database,
