@@ -24,7 +24,6 @@ from gateway.stages.limits import LimitStage
 from gateway.stages.pipeline import Pipeline
 from gateway.stages.policy import PolicyStage
 from gateway.stages.scan.guard import Guard
-from gateway.stages.scan.scanner import build_engine
 from gateway.stages.scan.stage import GuardStage
 from gateway.telemetry.setup import Telemetry, build_telemetry
 
@@ -33,10 +32,7 @@ log = logging.getLogger("gateway")
 
 def build_guard(config: GatewayConfig) -> Guard | None:
     """The detectors with their engine, allowlists and action tables (None: guards are off)."""
-    settings = config.guards
-    if not settings.enabled:
-        return None
-    return Guard(settings, engine=lambda detectors: build_engine(detectors, settings.engine))
+    return Guard(config.guards) if config.guards.enabled else None
 
 
 def build_stages(config: GatewayConfig, limiter: Limiter, guard: Guard | None) -> Pipeline:

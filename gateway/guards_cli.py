@@ -9,9 +9,8 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.providers.base import REQUEST_LOCATIONS, RESPONSE_LOCATIONS
-from gateway.stages.scan.detectors import DETECTORS
+from gateway.stages.scan.detectors import ALL_DETECTORS
 from gateway.stages.scan.guard import Guard
-from gateway.stages.scan.scanner import build_engine
 
 
 def add_parsers(sub: Any) -> None:
@@ -46,7 +45,7 @@ def print_rules(config: GatewayConfig, as_json: bool) -> int:
             "runs": d.rule in enabled,
             "description": d.description,
         }
-        for d in DETECTORS
+        for d in ALL_DETECTORS
     ]
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -68,8 +67,7 @@ def check_text(config: GatewayConfig, path: str, location: str, as_json: bool) -
     else:
         with open(path, encoding="utf-8", errors="replace") as source:
             text = source.read()
-    settings = config.guards
-    guard = Guard(settings, engine=lambda detectors: build_engine(detectors, settings.engine))
+    guard = Guard(config.guards)
     hits = guard.hits(text, location, guard.resolver(None), cache=False)
     found = [
         {

@@ -19,8 +19,9 @@ from gateway.audit.record import Finding
 from gateway.auth.policy import PolicyChain
 from gateway.providers.base import RESPONSE_LOCATIONS
 from gateway.stages.scan.actions import STRENGTH, Action, ActionResolver, ActionTable
-from gateway.stages.scan.detectors import DETECTORS, Category, Detector
-from gateway.stages.scan.scanner import Match, ScanEngine, Scanner
+from gateway.stages.scan.detectors import ALL_DETECTORS, Category, Detector
+from gateway.stages.scan.engines import build_engine
+from gateway.stages.scan.scanner import Match, ScanEngine
 from gateway.stages.scan.settings import DEFAULT_TABLE, GuardSettings
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,11 @@ class Findings:
 class Guard:
     """Scans texts with the enabled detectors and decides, per caller, what each match means."""
 
-    def __init__(self, settings: GuardSettings, engine: EngineFactory = Scanner) -> None:
+    def __init__(self, settings: GuardSettings, engine: EngineFactory | None = None) -> None:
+        """`engine` builds the scan engine over the enabled detectors (default: `guards.engine`)."""
         self.settings = settings
-        enabled = settings.enabled_rules()
-        self.engine = engine(tuple(d for d in DETECTORS if d.rule in enabled))
+        enabled = tuple(d for d in ALL_DETECTORS if d.rule in settings.enabled_rules())
+        self.engine = engine(enabled) if engine is not None else build_engine(enabled, settings.engine_name)
         self.detectors = self.engine.detectors
         self._options = settings.rule_options
         self._recent: OrderedDict[tuple[int, int], tuple[Match, ...]] = OrderedDict()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from gateway.stages.scan.actions import DEFAULT_ACTIONS, ActionTable
-from gateway.stages.scan.detectors import DETECTORS, SELECTORS
+from gateway.stages.scan.detectors import ALL_DETECTORS, SELECTORS
+from gateway.stages.scan.engines import ENGINE_NAMES, EngineName
 
-ENGINES = ("auto", "hyperscan", "re2", "re")
 STREAM_MODES = ("log", "hold")
 _RULE_KEYS = ("enabled", "allow_values", "allow_patterns")
 
@@ -59,8 +59,8 @@ class GuardSettings:
     rule_options: Mapping[str, RuleOptions] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"guards.engine: one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine not in ENGINE_NAMES:
+            raise ValueError(f"guards.engine: one of {', '.join(ENGINE_NAMES)}, got {self.engine!r}")
         if self.streams not in STREAM_MODES:
             raise ValueError(f"guards.streams: log or hold, got {self.streams!r}")
         # Held text must be long enough for a rule to recognise a match (an OpenAI key after 23
@@ -72,13 +72,17 @@ class GuardSettings:
         object.__setattr__(self, "table", ActionTable.parse(self.actions, SELECTORS, "guards.actions"))
         object.__setattr__(self, "rule_options", _rule_options(self.rules, self.disabled_rules))
 
+    @property
+    def engine_name(self) -> EngineName:
+        return cast(EngineName, self.engine)
+
     def enabled_rules(self) -> frozenset[str]:
         """The rule ids that run: each detector's default, as switched by `rules`."""
         on = set()
-        for detector in DETECTORS:
+        for detector in ALL_DETECTORS:
             options = self.rule_options.get(detector.rule)
-            enabled = options.enabled if options is not None and options.enabled is not None else None
-            if enabled if enabled is not None else getattr(detector, "enabled_by_default", True):
+            switched = options.enabled if options is not None else None
+            if detector.enabled_by_default if switched is None else switched:
                 on.add(detector.rule)
         return frozenset(on)
 
@@ -87,7 +91,7 @@ DEFAULT_TABLE = ActionTable.parse(DEFAULT_ACTIONS, SELECTORS, "default actions")
 
 
 def _rule_options(raw: Any, disabled: tuple[str, ...]) -> dict[str, RuleOptions]:
-    rules = {d.rule for d in DETECTORS}
+    rules = {d.rule for d in ALL_DETECTORS}
     if not isinstance(raw, Mapping):
         raise ValueError("guards.rules: expected a mapping of rule id -> {enabled, allow_values, …}")
     out: dict[str, RuleOptions] = {}
