@@ -114,6 +114,7 @@ POSITIVES = [
     ("stripe_key", f"stripe.api_key = 'sk_live_{fake(24)}'"),
     ("stripe_key", f"rk_live_{fake(24, seed=1)}"),
     ("huggingface_token", f"HF_TOKEN=hf_{fake(34, string.ascii_letters)}"),
+    ("gateway_key", f"OPENAI_API_KEY=lgw_{fake(43, URLSAFE, 9)}"),
     ("jwt", f"token: {JWT}"),
     ("bearer_token", f"curl -H 'Authorization: Bearer {fake(40, URLSAFE)}' https://api"),
     ("bearer_token", f"Authorization: Bearer {JWT}"),
@@ -260,6 +261,8 @@ NEGATIVES = [
     ("stripe_key", f"sk_test_{fake(24)}"),  # test-mode keys are not reported
     ("stripe_key", "sk_live_" + "x" * 24),
     ("huggingface_token", "hf_hub_download(repo_id=...)"),
+    ("gateway_key", "lgw_" + "x" * 43),
+    ("gateway_key", f"lgw_{fake(44, URLSAFE, 9)}"),  # not the length the gateway issues
     ("huggingface_token", "hf_" + "a" * 34),
     ("jwt", "eyJhbGciOiJIUzI1NiJ9 is just a header"),
     ("jwt", JWT.upper()),

@@ -201,7 +201,10 @@ def test_repeated_near_misses_stay_equivalent_and_bounded(unit: str, noise_seed:
     engine = ENGINES["hyperscan"]
     found, peak = _peak_bytes(lambda: engine.scan(text))
     assert found == REFERENCE.scan(text)
-    assert peak < 16 * len(text) + 400 * len(found) + 4 * MB
+    # Linear, with a larger constant than above: on dense non-ASCII near misses the opt-in
+    # high_entropy_token rule is confirmed over the whole text, ~22 bytes a character at peak
+    # (the reference engine alone: ~14).
+    assert peak < 32 * len(text) + 400 * len(found) + 4 * MB
 
 
 @needs_hyperscan

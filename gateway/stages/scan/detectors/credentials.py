@@ -276,6 +276,14 @@ CREDENTIAL_DETECTORS: tuple[Detector, ...] = (
         description="Hugging Face access token.",
     ),
     Detector(
+        rule="gateway_key",
+        category=Category.CREDENTIAL,
+        severity=Severity.HIGH,
+        patterns=(r"lgw_(?<![a-z0-9_]lgw_)[a-z0-9_-]{43}(?![a-z0-9_-])",),
+        validator=prefixed_token("lgw_"),
+        description="An llm-gateway key (lgw_ + 43 characters): whoever holds it calls as its owner.",
+    ),
+    Detector(
         rule="jwt",
         category=Category.CREDENTIAL,
         severity=Severity.MEDIUM,
