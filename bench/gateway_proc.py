@@ -37,8 +37,8 @@ def gateway_config(
     workdir: Path, port: int, openai_url: str, stream_url: str, telemetry: bool = False
 ) -> dict[str, Any]:
     """What the benchmark runs: audit into embedded chDB (its store in a child process, the
-    default), guards on with their defaults, no access log; telemetry off unless asked (bench.telemetry_overhead
-    measures what it adds)."""
+    default), guards on with their defaults, no access log; telemetry off unless asked
+    (bench.telemetry_overhead measures what it adds)."""
     return {
         "server": {
             "host": "127.0.0.1",
