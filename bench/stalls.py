@@ -131,6 +131,10 @@ def summarize(data: dict[str, Any], window: tuple[float, float]) -> dict[str, An
         "other_threads_ms": round(others * 1000, 1),
         "not_running_ms": round(max(stalled - busy - others, 0.0) * 1000, 1),
         "collections": by_generation,
+        "worst": [  # the longest stalls: lag, loop thread CPU, process CPU (ms) over the lag + period
+            [round(lag * 1000, 1), round(loop_cpu * 1000, 1), round(cpu * 1000, 1)]
+            for _, lag, loop_cpu, cpu in sorted(stalls, key=lambda s: -s[1])[:8]
+        ],
     }
 
 
@@ -203,6 +207,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"{loop['stalled_ms']} ms in all: loop busy {loop['loop_busy_ms']} ms, other threads "
             f"{loop['other_threads_ms']} ms, process not running {loop['not_running_ms']} ms",
             f"- garbage collections: {gcs or 'none'}",
+            "- longest stalls, ms as lag (loop thread CPU, process CPU): "
+            + ", ".join(f"{lag} ({loop_cpu}, {cpu})" for lag, loop_cpu, cpu in loop["worst"]),
         ]
     )
 
