@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -86,6 +87,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rates": {},
     }
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, True)  # last: after every process is stopped
         nginx_port = free_port()
         nginx = start_nginx(locate_nginx(install=not args.no_install), workdir / "nginx", nginx_port)
         stack.callback(nginx.stop)

@@ -23,6 +23,7 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -146,6 +147,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     out = workdir / "probe.json"
     loadavg_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, True)  # last: after every process is stopped
         nginx_port, port = free_port(), free_port()
         nginx = start_nginx(locate_nginx(install=not args.no_install), workdir / "nginx", nginx_port)
         stack.callback(nginx.stop)
