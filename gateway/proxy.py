@@ -6,11 +6,10 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 from gateway.audit.record import Outcome
 from gateway.auth.access import Caller, inject_credential, without_query_credential
@@ -109,6 +108,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise GatewayError(
             ErrorCode.REQUEST_TOO_LARGE, f"request body of {declared} bytes exceeds the {limit}-byte limit"
         )
+    if request.content.is_eof():  # all of it has arrived (a small body comes with the headers)
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise GatewayError(ErrorCode.REQUEST_TOO_LARGE, f"request body exceeds the {limit}-byte limit")
+        return body
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -119,18 +123,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def upstream_headers(incoming: Mapping[str, str], transformed: bool) -> CIMultiDict[str]:
+def upstream_headers(incoming: MultiMapping[str], transformed: bool) -> CIMultiDict[str]:
     """Client headers minus hop-by-hop ones; Accept-Encoding narrowed to what we can decode."""
-    headers = CIMultiDict(incoming)
-    connection_tokens = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
+    connection_tokens = {t.strip().lower() for v in incoming.getall("Connection", ()) for t in v.split(",")}
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
+    for name, value in incoming.items():
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in connection_tokens or lname == "accept-encoding":
             continue
         out.add(name, value)
     # A stream we rewrite must arrive uncompressed; otherwise pass on the client's choice if we can decode it.
-    out["Accept-Encoding"] = accept_encoding(headers.get("Accept-Encoding"), allow=not transformed)
+    out["Accept-Encoding"] = accept_encoding(incoming.get("Accept-Encoding"), allow=not transformed)
     return out
 
 
@@ -380,16 +383,7 @@ async def relay_small_body(
     measured — and the usage is known before the headers go out, so they can carry the cost.
     """
     if body is None:
-        reading = time.perf_counter()
-        try:
-            async with asyncio.timeout(route.timeouts.idle_s):
-                body = await upstream.read()
-        except TimeoutError:
-            raise idle_timeout_error(route) from None
-        except aiohttp.ClientError as exc:
-            raise broken_response_error(route) from exc
-        finally:
-            ex.upstream_wait += time.perf_counter() - reading
+        body = await read_small_body(route, ex, upstream)
     observer.feed(body)
     ex.summary = observer.summary()
     settle_outcome(ex, upstream.status)
@@ -408,6 +402,22 @@ async def relay_small_body(
         headers[COST_HEADER] = f"{cost:f}"
     response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
     return await send(request, ex, response)
+
+
+async def read_small_body(route: Route, ex: Exchange, upstream: aiohttp.ClientResponse) -> bytes:
+    """A body of known, small length, within the idle timeout unless all of it is here already."""
+    reading = time.perf_counter()
+    try:
+        if upstream.content.is_eof():  # it came with the headers: reading cannot wait, no timer needed
+            return await upstream.read()
+        async with asyncio.timeout(route.timeouts.idle_s):
+            return await upstream.read()
+    except TimeoutError:
+        raise idle_timeout_error(route) from None
+    except aiohttp.ClientError as exc:
+        raise broken_response_error(route) from exc
+    finally:
+        ex.upstream_wait += time.perf_counter() - reading
 
 
 async def send(request: web.Request, ex: Exchange, response: web.Response) -> web.Response:

@@ -147,7 +147,9 @@ class Gateway:
         if guard is not None:
             guard.close()  # scans what it observed of a body relayed as it came
             ex.findings.extend(guard.findings.all())
-            if ex.sensitive is not None:
+            if ex.sensitive is None:
+                ex.sensitive = guard.sensitive
+            else:
                 ex.sensitive.update(guard.sensitive)
         redact = self.guard.audit_redactor(ex.sensitive) if self.guard and self.content.redacts else None
         record = ex.record(self.content, redact)

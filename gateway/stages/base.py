@@ -40,16 +40,10 @@ class Decision:
 
     @classmethod
     def allow(cls, findings: tuple[Finding, ...] = ()) -> Decision:
-        return cls(Verdict.ALLOW, findings=findings)
+        return cls(Verdict.ALLOW, findings=findings) if findings else ALLOW
 
 
 ALLOW = Decision()
-
-
-def _sensitive_values() -> SensitiveValues:
-    from gateway.stages.scan.guard import SensitiveValues
-
-    return SensitiveValues()
 
 
 @dataclass(slots=True)
@@ -68,8 +62,9 @@ class StageContext:
     reservation: Reservation | None = None  # set by the limits stage; settled when the exchange ends
     response_guard: ResponseGuard | None = None  # set by the guard stage: what watches the output
     flags: list[str] = field(default_factory=list)  # audit flags raised by stages
-    # Matched credential/PII values, so the audit's copies of the content can be redacted.
-    sensitive: SensitiveValues = field(default_factory=_sensitive_values, repr=False)
+    # Matched credential/PII values, so the audit's copies of the content can be redacted
+    # (None until a stage matches one).
+    sensitive: SensitiveValues | None = field(default=None, repr=False)
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from gateway.providers.openai import OpenAIAdapter
 from gateway.stages.base import ALLOW, Decision, Stage, StageContext, Verdict
 from gateway.stages.pipeline import Pipeline
 from gateway.stages.scan.detectors import Detector
-from gateway.stages.scan.guard import Guard
+from gateway.stages.scan.guard import Guard, replace_spans
 from gateway.stages.scan.scanner import Match, Scanner
 from gateway.stages.scan.settings import GuardSettings
 from gateway.stages.scan.stage import GuardStage
@@ -316,6 +316,35 @@ async def test_cache_is_bounded_and_can_be_turned_off() -> None:
     for _ in range(3):
         await decide(GuardStage(uncached), chat(("user", "same")))
     assert isinstance(uncached.engine, CountingScanner) and uncached.engine.scanned == 3
+
+
+def test_audit_redaction_replaces_credentials_and_pii_only_and_remembers_texts() -> None:
+    engines: list[CountingScanner] = []
+
+    def counting(detectors: Sequence[Detector]) -> CountingScanner:
+        engines.append(CountingScanner(detectors))
+        return engines[-1]
+
+    g = Guard(GuardSettings(), engine=counting)
+    full, sensitive = engines
+    categories = {d.category for d in sensitive.detectors.values()}
+    assert "credential" in categories and categories <= {"credential", "pii"}
+    text = f'{{"content": "key {OPENAI_KEY}, password = {PASSWORD}. {INJECTION}"}}'
+    expected = replace_spans(
+        text,
+        [
+            (m.start, m.end, m.rule)
+            for m in Scanner(full.detectors.values()).scan(text)
+            if m.rule != "instruction_override"
+        ],
+    )
+    assert "[REDACTED:openai_api_key]" in expected and INJECTION in expected
+    assert g.redact_all(text) == g.redact_all(text) == expected
+    assert (full.scanned, sensitive.scanned) == (0, 1)  # the second call was remembered
+    output = f"Use {GITHUB_TOKEN} for that."
+    g.matches(output)  # scanned by a guard (the output of a complete body, say): not again
+    assert g.redact_all(output) == "Use [REDACTED:github_token] for that."
+    assert (full.scanned, sensitive.scanned) == (1, 1)
 
 
 # --- hostile and random bodies ----------------------------------------------------------------------------

@@ -116,6 +116,34 @@ class Findings:
         return tuple(self._found.values())
 
 
+class RecentMatches:
+    """The matches of texts scanned lately, by text, least recently used dropped past `entries`.
+
+    Keyed by the text's hash and length, not the text: str hashes are keyed per process (unless
+    PYTHONHASHSEED is fixed), so a collision cannot be crafted to hide a text behind another one's
+    result, and no content is kept.
+    """
+
+    __slots__ = ("_entries", "_found")
+
+    def __init__(self, entries: int) -> None:
+        self._entries = entries
+        self._found: OrderedDict[tuple[int, int], tuple[Match, ...]] = OrderedDict()
+
+    def get(self, text: str) -> tuple[Match, ...] | None:
+        key = (hash(text), len(text))
+        found = self._found.get(key)
+        if found is not None:
+            self._found.move_to_end(key)
+        return found
+
+    def put(self, text: str, found: tuple[Match, ...]) -> None:
+        if self._entries:
+            self._found[(hash(text), len(text))] = found
+            if len(self._found) > self._entries:
+                self._found.popitem(last=False)
+
+
 class Guard:
     """Scans texts with the enabled detectors and decides, per caller, what each match means."""
 
@@ -123,10 +151,17 @@ class Guard:
         """`engine` builds the scan engine over the enabled detectors (default: `guards.engine`)."""
         self.settings = settings
         enabled = tuple(d for d in ALL_DETECTORS if d.rule in settings.enabled_rules())
-        self.engine = engine(enabled) if engine is not None else build_engine(enabled, settings.engine_name)
+        sensitive = tuple(d for d in enabled if d.category in SENSITIVE)
+        if engine is None:
+            engine = lambda detectors: build_engine(detectors, settings.engine_name)  # noqa: E731
+        self.engine = engine(enabled)
+        # The audit's copies lose credentials and PII only: the engine of those rules alone finds
+        # the same spans in fewer passes (a 5 KB preview: ~70 µs, not ~105).
+        self._redaction_engine = engine(sensitive)
         self.detectors = self.engine.detectors
         self._options = settings.rule_options
-        self._recent: OrderedDict[tuple[int, int], tuple[Match, ...]] = OrderedDict()
+        self._recent = RecentMatches(settings.cache_entries)  # every enabled rule
+        self._recent_sensitive = RecentMatches(settings.cache_entries)  # the redaction engine's
         self._resolvers: OrderedDict[tuple[int, ...], _Resolved] = OrderedDict()
 
     # -- who decides ---------------------------------------------------------------------------------
@@ -178,18 +213,10 @@ class Guard:
         """
         if not cache:
             return tuple(m for m in self.engine.scan(text) if not self._allowed(m, text))
-        # str hashes are keyed per process (unless PYTHONHASHSEED is fixed), so a collision
-        # cannot be crafted to hide a text behind another one's result.
-        key = (hash(text), len(text))
-        found = self._recent.get(key)
-        if found is not None:
-            self._recent.move_to_end(key)
-            return found
-        found = tuple(m for m in self.engine.scan(text) if not self._allowed(m, text))
-        if self.settings.cache_entries:
-            self._recent[key] = found
-            if len(self._recent) > self.settings.cache_entries:
-                self._recent.popitem(last=False)
+        found = self._recent.get(text)
+        if found is None:
+            found = tuple(m for m in self.engine.scan(text) if not self._allowed(m, text))
+            self._recent.put(text, found)
         return found
 
     def hits(self, text: str, location: str, resolver: ActionResolver, cache: bool = True) -> list[Hit]:
@@ -204,8 +231,18 @@ class Guard:
         return out
 
     def redact_all(self, text: str) -> str:
-        """`text` with every credential and PII match replaced, whatever the actions (audit copies)."""
-        spans = [(m.start, m.end, m.rule) for m in self.matches(text, cache=False) if self._sensitive(m.rule)]
+        """`text` with every credential and PII match replaced, whatever the actions (audit copies).
+
+        Remembered like `matches`: a preview is often a text scanned already (the output of a
+        complete body), or one seen before (the start of a resent conversation).
+        """
+        found = self._recent.get(text)
+        if found is None:
+            found = self._recent_sensitive.get(text)
+        if found is None:
+            found = tuple(m for m in self._redaction_engine.scan(text) if not self._allowed(m, text))
+            self._recent_sensitive.put(text, found)
+        spans = [(m.start, m.end, m.rule) for m in found if self._sensitive(m.rule)]
         return replace_spans(text, spans)
 
     def audit_redactor(self, sensitive: SensitiveValues | None) -> Callable[[str], str]:

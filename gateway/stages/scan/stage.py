@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gateway.stages.base import Decision, StageContext, Verdict
 from gateway.stages.scan.actions import Action
-from gateway.stages.scan.guard import FLAG_BYPASS, Findings, Guard, Hit, replace_spans
+from gateway.stages.scan.guard import FLAG_BYPASS, Findings, Guard, Hit, SensitiveValues, replace_spans
 from gateway.stages.scan.output import ResponseGuard
 from gateway.stages.scan.redact import (
     RedactionFailed,
@@ -61,6 +61,8 @@ class GuardStage:
             hits = guard.hits(text, target.location, resolver) if text else []
             if not hits:
                 continue
+            if ctx.sensitive is None:
+                ctx.sensitive = SensitiveValues()
             ctx.sensitive.add_hits(text, hits)
             for hit in hits:
                 findings.add_hit(hit, target.location)
