@@ -40,7 +40,17 @@ VARIANTS = {
 }
 
 
-def start_variant(python: str, workdir: Path, upstream: str, sink: str, variant: str) -> Gateway:
+def start_variant(
+    python: str,
+    workdir: Path,
+    upstream: str,
+    sink: str,
+    variant: str,
+    wrapper: tuple[str, ...] = (),
+    env_overrides: dict[str, str] | None = None,
+    ready_timeout_s: float = 60.0,
+) -> Gateway:
+    """A gateway with telemetry `variant`; `wrapper` prefixes the command (e.g. valgrind)."""
     port = free_port()
     config = gateway_config(workdir, port, upstream, upstream)
     telemetry_on = variant != "off"
@@ -58,16 +68,21 @@ def start_variant(python: str, workdir: Path, upstream: str, sink: str, variant:
         )
     elif variant == "off":
         env["OTEL_SDK_DISABLED"] = "true"
+    env.update(env_overrides or {})
     child = start(
         "gateway",
-        [python, "-m", "gateway", "serve", "--config", str(path)],
+        [*wrapper, python, "-m", "gateway", "serve", "--config", str(path)],
         workdir / "gateway.log",
         REPO,
         env,
     )
     gateway = Gateway(child, f"http://127.0.0.1:{port}")
-    child.wait_listening(port)
-    gateway.wait_ready()
+    try:
+        child.wait_listening(port, ready_timeout_s)
+        gateway.wait_ready(ready_timeout_s)
+    except BaseException:
+        child.stop()
+        raise
     return gateway
 
 
