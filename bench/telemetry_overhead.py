@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or "off" not in variants:
         parser.error(f"--variants: 'off' plus any of {', '.join(VARIANTS)}; unknown: {sorted(unknown)}")
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with tempfile.TemporaryDirectory(prefix="llm-gateway-telemetry-bench-") as tmp:
         work = Path(tmp)
         body = work / "chat.json"
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             v: round(m - medians["off"], 1) for v, m in medians.items() if v != "off"
         },
         "otlp_exports_received": exports,
+        "loadavg_before": load_before,
         "loadavg_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
