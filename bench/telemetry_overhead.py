@@ -40,7 +40,17 @@ VARIANTS = {
 }
 
 
-def start_variant(python: str, workdir: Path, upstream: str, sink: str, variant: str) -> Gateway:
+def start_variant(
+    python: str,
+    workdir: Path,
+    upstream: str,
+    sink: str,
+    variant: str,
+    wrapper: tuple[str, ...] = (),
+    env_overrides: dict[str, str] | None = None,
+    ready_timeout_s: float = 60.0,
+) -> Gateway:
+    """A gateway with telemetry `variant`; `wrapper` prefixes the command (e.g. valgrind)."""
     port = free_port()
     config = gateway_config(workdir, port, upstream, upstream)
     telemetry_on = variant != "off"
@@ -58,16 +68,21 @@ def start_variant(python: str, workdir: Path, upstream: str, sink: str, variant:
         )
     elif variant == "off":
         env["OTEL_SDK_DISABLED"] = "true"
+    env.update(env_overrides or {})
     child = start(
         "gateway",
-        [python, "-m", "gateway", "serve", "--config", str(path)],
+        [*wrapper, python, "-m", "gateway", "serve", "--config", str(path)],
         workdir / "gateway.log",
         REPO,
         env,
     )
     gateway = Gateway(child, f"http://127.0.0.1:{port}")
-    child.wait_listening(port)
-    gateway.wait_ready()
+    try:
+        child.wait_listening(port, ready_timeout_s)
+        gateway.wait_ready(ready_timeout_s)
+    except BaseException:
+        child.stop()
+        raise
     return gateway
 
 
@@ -123,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or "off" not in variants:
         parser.error(f"--variants: 'off' plus any of {', '.join(VARIANTS)}; unknown: {sorted(unknown)}")
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with tempfile.TemporaryDirectory(prefix="llm-gateway-telemetry-bench-") as tmp:
         work = Path(tmp)
         body = work / "chat.json"
@@ -169,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             v: round(m - medians["off"], 1) for v, m in medians.items() if v != "off"
         },
         "otlp_exports_received": exports,
+        "loadavg_before": load_before,
         "loadavg_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 The standard OpenTelemetry environment variables win over the file where they apply:
 `OTEL_SDK_DISABLED`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_EXPORTER` /
 `OTEL_METRICS_EXPORTER` (`otlp` or `none`), `OTEL_EXPORTER_OTLP_*` (endpoint, protocol, headers,
-timeout), `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_TRACES_SAMPLER`, and
+timeout, compression, certificates, insecure), `OTEL_METRIC_EXPORT_INTERVAL`,
+`OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*` (span batching), the span limit
+variables (`OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`, `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`, …), and
 `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT` for content on spans.
 """
 

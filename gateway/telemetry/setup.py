@@ -1,7 +1,9 @@
 """Build the telemetry of one gateway: tracer and meter providers, exporters, and the facade the proxy calls.
 
+Traces go through the gateway's own implementation of the OpenTelemetry trace API
+(gateway/telemetry/tracer.py: spans become OTLP bytes as they end), metrics through the OTel SDK.
 Nothing here sets OpenTelemetry's global providers: each app owns its own, so tests can build
-several gateways side by side and inspect them with in-memory exporters.
+several gateways side by side and inspect what each one exports.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
@@ -31,17 +31,23 @@ from gateway import __version__
 from gateway.audit.record import AuditRecord
 from gateway.config import GatewayConfig
 from gateway.exchange import Exchange
+from gateway.telemetry import otlp_encoding
 from gateway.telemetry.instruments import Instruments
+from gateway.telemetry.otlp_transport import OtlpTarget, sender_for
 from gateway.telemetry.prometheus import PrometheusReader
 from gateway.telemetry.push import MetricsPusher
+from gateway.telemetry.sampling import sampler_from_env
 from gateway.telemetry.settings import TelemetrySettings
+from gateway.telemetry.span_export import BatchSettings, BatchSpanExporter, SpanSender
+from gateway.telemetry.span_limits import SpanLimits
 from gateway.telemetry.spans import ExchangeSpans, ExchangeTrace
+from gateway.telemetry.tracer import GatewayTracerProvider
 
 log = logging.getLogger(__name__)
 
 SCOPE = "llm_gateway"
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
-_STASH = "x-llm-gateway-stash-"  # holds the caller's trace headers while the instrumentation injects its own
+_KEPT_HEADERS = "llm_gateway_trace_headers"  # on aiohttp's per-request trace context: the caller's own
 _SECRET_PARAMS = frozenset(("key", "api_key", "apikey", "access_token", "token"))
 
 
@@ -71,14 +77,6 @@ def _otlp_protocol(env: Mapping[str, str], signal: str) -> str:
         or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "http/protobuf"
     ).strip()
-
-
-def _span_exporter(env: Mapping[str, str]) -> Any:
-    if _otlp_protocol(env, "traces") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return OTLPSpanExporter()
 
 
 def _metric_exporter(env: Mapping[str, str]) -> Any:
@@ -112,7 +110,7 @@ class Telemetry:
     def __init__(
         self,
         config: GatewayConfig,
-        tracer_provider: TracerProvider | None,
+        tracer_provider: GatewayTracerProvider | None,
         meter_provider: MeterProvider | None,
         prometheus: PrometheusReader | None,
         capture_content: bool,
@@ -163,9 +161,12 @@ class Telemetry:
             meter_provider=NoOpMeterProvider(),
             sem_conv_opt_in_mode=_StabilityMode.HTTP,
         )
-        if forward_traceparent:
-            return [otel]
-        return [_stash_trace_headers(), otel, _restore_trace_headers()]
+        if not forward_traceparent:
+            # Around the instrumentation's own hook, in its TraceConfig: aiohttp then runs one
+            # trace per request, not three, and both hooks share its per-request context.
+            otel.on_request_start.insert(0, _keep_callers_trace_headers)
+            otel.on_request_start.append(_restore_callers_trace_headers)
+        return [otel]
 
     def begin(self, ex: Exchange, request: web.Request) -> None:
         """Start the SERVER span and count the request in flight; never raises into the request path."""
@@ -233,41 +234,46 @@ class Telemetry:
         return template
 
 
-def _stash_trace_headers() -> aiohttp.TraceConfig:
-    async def stash(session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
-        for name in _TRACE_HEADERS:
-            values = params.headers.popall(name, [])
-            params.headers[_STASH + name] = "\x00".join(values) if values else ""
-
-    config = aiohttp.TraceConfig()
-    config.on_request_start.append(stash)
-    return config
+async def _keep_callers_trace_headers(
+    session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams
+) -> None:
+    headers = params.headers
+    setattr(
+        ctx, _KEPT_HEADERS, [(name, value) for name in _TRACE_HEADERS for value in headers.popall(name, ())]
+    )
 
 
-def _restore_trace_headers() -> aiohttp.TraceConfig:
-    async def restore(session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
-        for name in _TRACE_HEADERS:
-            params.headers.popall(name, None)
-            kept = params.headers.popall(_STASH + name, [""])[0]
-            for value in kept.split("\x00") if kept else ():
-                params.headers.add(name, value)
+async def _restore_callers_trace_headers(
+    session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams
+) -> None:
+    headers = params.headers
+    for name in _TRACE_HEADERS:
+        headers.popall(name, None)
+    for name, value in getattr(ctx, _KEPT_HEADERS, ()):
+        headers.add(name, value)
 
-    config = aiohttp.TraceConfig()
-    config.on_request_start.append(restore)
-    return config
+
+def build_tracer_provider(
+    resource: Resource, sender: SpanSender, env: Mapping[str, str]
+) -> GatewayTracerProvider:
+    """The gateway's tracer provider: spans encoded as they end, batched to `sender`."""
+    resource_body = otlp_encoding.resource(otlp_encoding.AttributeEncoder(), resource.attributes)
+    exporter = BatchSpanExporter(sender, resource_body, BatchSettings.from_env(env))
+    return GatewayTracerProvider(exporter, sampler_from_env(env), SpanLimits.from_env(env))
 
 
 def build_telemetry(
     config: GatewayConfig,
     env: Mapping[str, str] | None = None,
     *,
-    span_processors: tuple[SpanProcessor, ...] = (),
+    span_sender: SpanSender | None = None,
     metric_readers: tuple[MetricReader, ...] = (),
 ) -> Telemetry:
     """Providers and exporters from the config and the standard OTEL_* variables.
 
-    Tracing is on when spans have somewhere to go: OTLP (see `otlp_wanted`) or `span_processors`
-    given by the caller (tests). Metrics are on when Prometheus pull, OTLP push or a given reader is.
+    Tracing is on when spans have somewhere to go: OTLP (see `otlp_wanted`) or a `span_sender`
+    given by the caller (tests: it decodes what OTLP would carry). Metrics are on when
+    Prometheus pull, OTLP push or a given reader is.
     """
     env = os.environ if env is None else env
     settings = config.telemetry
@@ -282,13 +288,11 @@ def build_telemetry(
     )
     tracer_provider = None
     if settings.traces:
-        processors = list(span_processors)
-        if otlp_wanted(settings, env, "traces"):
-            processors.append(BatchSpanProcessor(_span_exporter(env)))
-        if processors:
-            tracer_provider = TracerProvider(resource=resource)
-            for processor in processors:
-                tracer_provider.add_span_processor(processor)
+        sender = span_sender
+        if sender is None and otlp_wanted(settings, env, "traces"):
+            sender = sender_for(OtlpTarget.for_traces(env, _otlp_protocol(env, "traces")))
+        if sender is not None:
+            tracer_provider = build_tracer_provider(resource, sender, env)
     meter_provider = None
     prometheus = pusher = None
     if settings.metrics:

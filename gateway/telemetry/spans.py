@@ -9,8 +9,7 @@ are started when the work starts and completed in `finish`, after the response i
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +31,36 @@ class ExchangeTrace:
 
     server: trace.Span
     model: trace.Span | None = None
+    _context: Context | None = None
 
     def context(self) -> Context:
         """The innermost span as a context: parent for child spans, source of metric exemplars."""
-        return trace.set_span_in_context(self.model or self.server)
+        if self._context is None:
+            self._context = trace.set_span_in_context(self.model or self.server)
+        return self._context
+
+    def add_model(self, span: trace.Span) -> None:
+        self.model = span
+        self._context = None  # the GenAI span is the innermost now
+
+
+class _ModelCall:
+    """`with`: the exchange's innermost span is the current one while the request goes upstream."""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        self._token = context_api.attach(self._context)
+
+    def __exit__(self, *exc: object) -> None:
+        context_api.detach(self._token)  # type: ignore[arg-type]
+
+
+_ROOT = Context()  # no incoming traceparent: a new trace (extracting nothing costs more)
 
 
 def _wall_ns(perf: float) -> int:
@@ -62,7 +87,7 @@ class ExchangeSpans:
 
     def begin(self, ex: Exchange, headers: CIMultiDictProxy[str], scheme: str, host: str, route: str) -> None:
         """The SERVER span, continuing the caller's trace when it sent a `traceparent`."""
-        parent = self._propagator.extract(headers)
+        parent = self._propagator.extract(headers) if "traceparent" in headers else _ROOT
         attrs: dict[str, Any] = {
             genai.HTTP_METHOD: ex.method,
             genai.HTTP_ROUTE: route,
@@ -83,30 +108,25 @@ class ExchangeSpans:
             ex.trace_id, ex.span_id = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
             ex.traceresponse = f"00-{ex.trace_id}-{ex.span_id}-{int(ctx.trace_flags):02x}"
 
-    @contextmanager
-    def model_call(self, ex: Exchange) -> Iterator[None]:
-        """Start the GenAI span (for GenAI operations) and make it current while the request is sent."""
+    def model_call(self, ex: Exchange) -> AbstractContextManager[None]:
+        """Start the GenAI span (for GenAI operations); it is the current span while the request is sent."""
         state = ex.trace
         view = ex.view
         if not isinstance(state, ExchangeTrace) or view is None:
-            yield
-            return
+            return nullcontext()
         operation = view.endpoint.gen_ai_operation
         if operation:
             host, port = self._addresses.get(ex.provider, ("", 0))
-            state.model = self._tracer.start_span(
+            model = self._tracer.start_span(
                 genai.span_name(operation, view.model),
-                trace.set_span_in_context(state.server),
+                state.context(),
                 SpanKind.CLIENT,
                 genai.request_attributes(
                     operation, view.adapter.gen_ai_provider, view.model, view.params, host, port
                 ),
             )
-        token = context_api.attach(state.context())
-        try:
-            yield
-        finally:
-            context_api.detach(token)
+            state.add_model(model)
+        return _ModelCall(state.context())
 
     def finish(self, ex: Exchange, record: AuditRecord) -> None:
         """Annotate and end the spans with what the exchange turned out to be."""

@@ -7,8 +7,6 @@ import dataclasses
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.config import GatewayConfig
 from gateway.telemetry.setup import Telemetry, build_telemetry
@@ -23,6 +21,7 @@ from tests.telemetry.dashboards_support import (
     panel_queries,
     variable_queries,
 )
+from tests.telemetry.otlp_decoded import DecodingSender
 
 PANELS = panel_queries("clickhouse")
 VARIABLES = variable_queries("clickhouse")
@@ -31,7 +30,8 @@ VARIABLES = variable_queries("clickhouse")
 @dataclasses.dataclass
 class AuditedGateway:
     gateway: GatewayThread
-    spans: InMemorySpanExporter
+    telemetry: list[Telemetry]
+    spans: DecodingSender
     span: TimeRange  # the dashboard time range the queries run over
 
     def run(self, sql: str) -> list[dict[str, object]]:
@@ -52,16 +52,18 @@ class AuditedGateway:
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditedGateway]:
     """A gateway whose audit store holds one round of every kind of exchange, with trace ids."""
-    spans = InMemorySpanExporter()
+    spans = DecodingSender()
+    built: list[Telemetry] = []
 
     def traced(config: GatewayConfig) -> Telemetry:
-        return build_telemetry(config, env={}, span_processors=(SimpleSpanProcessor(spans),))
+        built.append(build_telemetry(config, env={}, span_sender=spans))
+        return built[-1]
 
     gateway = GatewayThread(tmp_path_factory.mktemp("dashboards-clickhouse"), traced)
     try:
         gateway.run(drive_traffic(gateway.gateway))
         gateway.run(gateway.gateway.writer.flush())
-        yield AuditedGateway(gateway, spans, TimeRange.last(600))
+        yield AuditedGateway(gateway, built, spans, TimeRange.last(600))
     finally:
         gateway.close()
 
@@ -89,7 +91,9 @@ def test_the_time_filter_excludes_rows_outside_the_range(audited: AuditedGateway
 def test_recent_requests_link_to_traces_the_gateway_made(audited: AuditedGateway) -> None:
     query = next(q for q in PANELS if q.panel == "Recent requests")
     rows = audited.run(expand_clickhouse(query.text, audited.span, audited.variable_values(query.dashboard)))
-    traced = {format(s.context.trace_id, "032x") for s in audited.spans.get_finished_spans()}
+    for telemetry in audited.telemetry:
+        assert telemetry.tracer_provider is not None and telemetry.tracer_provider.force_flush(5_000)
+    traced = {format(s.trace_id, "032x") for s in audited.spans.spans()}
     linked = {row["trace_id"] for row in rows}
     assert linked and linked <= traced, f"trace ids in the table without a trace: {linked - traced}"
     assert all(row["request_id"] for row in rows)
