@@ -84,6 +84,9 @@ class Exchange:
     reservation: Reservation | None = None  # rate-limit and budget holds, settled at the finish
     response_guard: ResponseGuard | None = None  # watches the model's output (guards)
     sensitive: SensitiveValues | None = field(default=None, repr=False)  # matched secrets, in flight only
+    # What copies of the content (the audit row, opt-in span content) may keep: set at the finish.
+    keeps_content: bool = True
+    redact_content: Redact | None = field(default=None, repr=False)
 
     def fail(self, err: GatewayError, error_type: str = "") -> None:
         """Record that the gateway answered with (or ended on) this error."""

@@ -152,6 +152,7 @@ class Gateway:
             else:
                 ex.sensitive.update(guard.sensitive)
         redact = self.guard.audit_redactor(ex.sensitive) if self.guard and self.content.redacts else None
+        ex.keeps_content, ex.redact_content = self.content.keeps_text, redact
         record = ex.record(self.content, redact)
         self.writer.submit(record)
         self.telemetry.finish(ex, record)

@@ -139,10 +139,12 @@ class ExchangeSpans:
                 model.set_attributes(genai.response_attributes(record))
                 if ex.first_chunk is not None:
                     model.add_event(genai.FIRST_CHUNK_EVENT, timestamp=_wall_ns(ex.first_chunk))
-                if self._capture and ex.view is not None:
+                if self._capture and ex.view is not None and ex.keeps_content:
+                    # Content on spans follows audit.content: redacted there, redacted here.
+                    redact = ex.redact_content or str
                     model.set_attributes(
                         genai.content_attributes(
-                            ((t.location, t.text) for t in ex.view.scan_targets()),
+                            ((t.location, redact(t.text)) for t in ex.view.scan_targets()),
                             record.response_preview,
                             record.finish_reason,
                             self._content_limit,

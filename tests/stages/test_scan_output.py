@@ -20,7 +20,7 @@ from gateway.stages.scan.settings import GuardSettings
 from tests.stages.test_scan_detectors import URLSAFE, fake
 
 KEY = f"sk-proj-{fake(80, URLSAFE)}"
-EMAIL = "jane.doe@example.org"
+EMAIL = "jane.doe@acme-corp.io"
 OPENAI, ANTHROPIC, GEMINI = OpenAIAdapter(), AnthropicAdapter(), GeminiAdapter()
 
 
@@ -232,6 +232,13 @@ def test_a_complete_body_is_redacted_keeping_every_other_byte() -> None:
     body = chat_body(f"use {KEY} today")
     out = response_guard(g).check_body(body)
     assert out == body.replace(KEY.encode(), b"[REDACTED:openai_api_key]")
+
+
+def test_pii_in_a_complete_body_is_redacted() -> None:
+    g = guard(actions={"pii": {"output": "redact"}})
+    body = chat_body(f"mail {EMAIL} today")
+    out = response_guard(g).check_body(body)
+    assert out == body.replace(EMAIL.encode(), b"[REDACTED:email_address]")
 
 
 def test_a_complete_body_is_blocked() -> None:

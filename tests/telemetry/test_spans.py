@@ -278,6 +278,29 @@ async def test_content_on_spans_is_opt_in(make_gateway: Any, in_memory: Any, cap
     assert output[0]["role"] == "assistant" and output[0]["parts"][0]["content"]
 
 
+@pytest.mark.parametrize("mode", ["redacted", "none"])
+async def test_content_on_spans_follows_the_audit_content_mode(
+    make_gateway: Any, in_memory: Any, captured: Captured, mode: str
+) -> None:
+    secret = "jane.doe@acme-corp.io"
+    gw = await make_gateway(
+        with_telemetry=in_memory,
+        telemetry={"capture_content": True},
+        audit={"content": mode},
+    )
+    await openai_client(gw.url("openai")).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"mail {secret} the report"}]
+    )
+    m = dict(the_model(captured).attributes or {})
+    assert not leaked(captured, secret)
+    if mode == "redacted":
+        assert json.loads(m["gen_ai.input.messages"])[0]["parts"][0]["content"] == (
+            "mail [REDACTED:email_address] the report"
+        )
+    else:
+        assert "gen_ai.input.messages" not in m and "gen_ai.output.messages" not in m
+
+
 async def test_without_tracing_there_is_no_traceresponse_and_no_trace_id(gateway: RunningGateway) -> None:
     raw = await openai_client(gateway.url("openai")).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
