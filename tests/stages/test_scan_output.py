@@ -289,3 +289,13 @@ def test_an_observed_body_is_scanned_after_it_is_sent() -> None:
     assert [(f.rule, f.location, f.action) for f in rg.findings.all()] == [
         ("openai_api_key", "output", "log")
     ]
+
+
+def test_an_event_too_large_to_frame_goes_on_and_says_it_was_not_scanned() -> None:
+    g = guard(**REDACT_OUTPUT)
+    rg = response_guard(g)
+    huge = openai_chat_stream(["x" * (1 << 20) + " " + KEY])  # one event over the framer's 1 MiB bound
+    end = huge.index(b"\n\n", 1 << 20)
+    released = relay(rg, huge, [4096, end - 10])  # more than 1 MiB of it arrives before its end
+    assert released == huge  # relayed as it came: bytes are never lost
+    assert ("scan_truncated", "output") in {(f.rule, f.location) for f in rg.findings.all()}

@@ -269,6 +269,8 @@ class StreamGuard:
     # -- reading events --------------------------------------------------------------------------------
 
     def _event(self, raw: bytes, complete: bool) -> None:
+        if not complete:  # an event over the framer's bound goes on unread: say it was not scanned
+            self._owner.findings.coverage("output")
         parsed = parse_event(raw) if complete else None
         data = loads(parsed.data) if parsed is not None and parsed.data[:1] == b"{" else None
         texts = self._owner.adapter.stream_texts(data) if data is not None else ()
